@@ -379,7 +379,9 @@ def _python_for(user: int) -> str | None:
         if candidate is None:
             continue
         try:
-            probe = subprocess.run([candidate, "-c", "pass"], user=user, group=user, extra_groups=[], capture_output=True)
+            probe = subprocess.run(
+                [candidate, "-c", "pass"], user=user, group=user, extra_groups=[], capture_output=True, check=False
+            )
         except OSError:  # e.g. EACCES on exec: the venv's interpreter is under /root
             continue
         if probe.returncode == 0:
@@ -411,7 +413,15 @@ def test_permission_denied_real_unprivileged_reader(tmp_path: Path) -> None:
         )
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONPATH": str(REPO), "PYTHONDONTWRITEBYTECODE": "1"}
         proc = subprocess.run(
-            [python, "-c", child], user=nobody, group=nobody, extra_groups=[], env=env, capture_output=True, text=True, cwd="/"
+            [python, "-c", child],
+            user=nobody,
+            group=nobody,
+            extra_groups=[],
+            env=env,
+            capture_output=True,
+            text=True,
+            cwd="/",
+            check=False,
         )
         if proc.returncode != 0 and "Permission denied" in proc.stderr and "src" in proc.stderr:
             pytest.skip(f"uid 65534 cannot read the repository: {proc.stderr.strip().splitlines()[-1]}")
@@ -502,13 +512,17 @@ def interval_plans(draw: st.DrawFn) -> tuple[int, int, list[list[int]]]:
 
 @settings(max_examples=200, deadline=None)
 @given(plan=interval_plans(), sample_between=st.booleans())
-def test_property_read_deltas_sum_to_programmed_energy(plan: tuple[int, int, list[list[int]]], sample_between: bool) -> None:
+def test_property_read_deltas_sum_to_programmed_energy(
+    plan: tuple[int, int, list[list[int]]], sample_between: bool
+) -> None:
     max_range, start, intervals = plan
     with tempfile.TemporaryDirectory() as tmp:
         _check_interval_plan(Path(tmp) / "powercap", max_range, start, intervals, sample_between)
 
 
-def _check_interval_plan(root: Path, max_range: int, start: int, intervals: list[list[int]], sample_between: bool) -> None:
+def _check_interval_plan(
+    root: Path, max_range: int, start: int, intervals: list[list[int]], sample_between: bool
+) -> None:
     fake = FakeRapl(root, max_energy_range_uj=max_range, core=False)
     fake.set_counter("package-0", start)
     source = RaplSource(root)
@@ -535,7 +549,9 @@ def _check_interval_plan(root: Path, max_range: int, start: int, intervals: list
         max_size=30,
     ),
 )
-def test_property_watts_profile_is_measured_exactly_with_sampling(max_range: int, steps: list[tuple[float, float]]) -> None:
+def test_property_watts_profile_is_measured_exactly_with_sampling(
+    max_range: int, steps: list[tuple[float, float]]
+) -> None:
     """Arbitrary step profile; samples taken at least once per period, reads every third
     step, tail at close: the reader's total equals what the counter advanced, which is
     the profile's W*s less under 1 µJ (far inside the 0.5 % budget)."""
@@ -671,6 +687,7 @@ def test_default_root_in_a_private_mount_namespace() -> None:
         capture_output=True,
         text=True,
         timeout=60,
+        check=False,
     )
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout)
