@@ -122,7 +122,12 @@ class Daemon:
             wait = deadline - now
             if self._watchdog_every is not None:
                 wait = min(wait, self._watchdog_every)
+            sample_every = self.component.sample_every_s
+            if sample_every is not None:
+                wait = min(wait, sample_every)
             self._sleep(wait)
+            if sample_every is not None and time.monotonic() < deadline:
+                self.component.sample()
 
     def _measure(self, ticks: int) -> None:
         if self._stall_after is not None and ticks > self._stall_after:
