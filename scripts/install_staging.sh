@@ -130,9 +130,11 @@ fi
 fix_owner "$dest" "$uid" "$gid"
 
 # -- 4. configuration (guide section 2 and 3) -------------------------------------------
+# Shipped files come from the deployed checkout, so config, unit and code always
+# belong to the same commit (also after rollback_staging.sh).
 install_config() { # shipped installed
-  local shipped=$src/$1 target; target=$(P "$2")
-  [ -f "$shipped" ] || die "$shipped missing in the source checkout"
+  local shipped=$dest/$1 target; target=$(P "$2")
+  [ -f "$shipped" ] || die "$shipped missing in the deployed checkout"
   if [ ! -e "$target" ]; then
     install -m 640 -o 0 -g "$gid" "$shipped" "$target"; say "config $2: created"
   elif cmp -s "$shipped" "$target"; then
@@ -147,7 +149,7 @@ install_config config/environment /etc/tta/staging/environment
 
 # -- 5. unit, drop-in, logrotate ----------------------------------------------------------
 install_ours() { # shipped installed is_unit
-  local shipped=$src/$1 target; target=$(P "$2")
+  local shipped=$dest/$1 target; target=$(P "$2")
   if [ ! -f "$shipped" ]; then say "skipped $2: $1 is not in this checkout"; return; fi
   if cmp -s "$shipped" "$target"; then say "file $2: unchanged"; return; fi
   local state=updated; [ -e "$target" ] || state=created
