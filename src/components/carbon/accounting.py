@@ -1,0 +1,81 @@
+"""Interval accounting: energy readings + elapsed time + intensity -> one record."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from src.components.carbon.record import (
+    COMPONENTS,
+    JOULES_PER_KWH,
+    MEASURED_METHODS,
+    EmissionsRecord,
+    Intensity,
+    IntervalEnergy,
+    Totals,
+)
+
+
+def rfc3339(epoch_s: float) -> str:
+    return datetime.fromtimestamp(epoch_s, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """Who the records are about; changes only on SIGHUP."""
+
+    run_id: str
+    host: str | None
+    project: str
+    env: str
+
+
+class Accountant:
+    """Owns the running totals; each call adds exactly one interval to them."""
+
+    def __init__(self, totals: Totals) -> None:
+        self.totals = totals
+
+    def account(
+        self,
+        energy: IntervalEnergy,
+        *,
+        end_wall: float,
+        elapsed_s: float,
+        intensity: Intensity,
+        identity: Identity,
+        final: bool = False,
+    ) -> EmissionsRecord:
+        """Build the record for one interval.
+
+        ``elapsed_s`` is monotonic time: average power must not jump when the
+        wall clock is stepped. The wall clock (``end_wall``) only labels the interval.
+        """
+        energy_j = {c: max(0.0, energy.components[c].joules) if c in energy.components else 0.0 for c in COMPONENTS}
+        methods = {c: energy.components[c].method for c in COMPONENTS if c in energy.components}
+        power_w = {c: (j / elapsed_s if elapsed_s > 0 else 0.0) for c, j in energy_j.items()}
+        emissions_g = {c: j / JOULES_PER_KWH * intensity.grams_per_kwh for c, j in energy_j.items()}
+        totals = self.totals
+        totals.seq += 1
+        for c in COMPONENTS:
+            totals.energy_j[c] += energy_j[c]
+            totals.emissions_g[c] += emissions_g[c]
+        return EmissionsRecord(
+            seq=totals.seq,
+            run_id=identity.run_id,
+            host=identity.host,
+            project=identity.project,
+            env=identity.env,
+            interval_start=rfc3339(end_wall - elapsed_s),
+            interval_end=rfc3339(end_wall),
+            duration_s=elapsed_s,
+            energy_j=energy_j,
+            power_w=power_w,
+            emissions_g=emissions_g,
+            intensity=intensity,
+            energy_method=methods,
+            estimated=any(m not in MEASURED_METHODS for m in methods.values()),
+            totals=Totals(totals.seq, dict(totals.energy_j), dict(totals.emissions_g)),
+            final=final,
+            devices_j=dict(energy.devices),
+        )

@@ -1,0 +1,131 @@
+"""The health check behind `tta-carbon check` and scripts/health_check_carbon.py.
+
+Static checks (config, output dir, codecarbon) keep the deployment guide's
+lines; live checks ask the running daemon's /healthz for the same snapshot
+that feeds /metrics.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from src.orchestration import ConfigError, TTAConfig
+
+OK, WARN, FAIL = "ok", "warn", "fail"
+_ICON = {OK: "✅", WARN: "⚠️ ", FAIL: "❌"}
+
+
+@dataclass
+class Check:
+    name: str
+    status: str
+    line: str  # the human line, without the icon
+
+
+def static_checks(load: Callable[[], TTAConfig]) -> tuple[list[Check], TTAConfig | None]:
+    from src.components.carbon_component import CarbonComponent, OutputDirUnwritable, probe_writable
+
+    checks: list[Check] = []
+    try:
+        config = load()
+        carbon = CarbonComponent(config)
+    except ConfigError as exc:
+        return [Check("configuration", FAIL, f"Configuration: invalid: {exc}")], None
+    output_dir = Path(carbon.output_dir)
+    if not output_dir.exists():
+        checks.append(Check("output_dir", FAIL, f"Output directory does not exist: {output_dir}"))
+    elif not output_dir.is_dir():
+        checks.append(Check("output_dir", FAIL, f"Output path is not a directory: {output_dir}"))
+    else:
+        try:
+            probe_writable(output_dir)
+            checks.append(Check("output_dir", OK, f"Output directory writable: {output_dir}"))
+        except OutputDirUnwritable as exc:
+            checks.append(Check("output_dir", FAIL, f"Cannot write to output directory: {exc}"))
+    try:
+        import codecarbon  # noqa: F401
+
+        checks.append(Check("codecarbon", OK, "codecarbon library: Available"))
+    except Exception as exc:
+        checks.append(Check("codecarbon", WARN,
+                            f"codecarbon library: Not available (graceful degradation): {type(exc).__name__}: {exc}"))
+    failed = any(c.status == FAIL for c in checks)
+    checks.insert(0, Check("component", FAIL if failed else OK, "Carbon component: " + ("FAILING" if failed else "OK")))
+    checks.append(Check("configuration", OK, "Configuration: Valid"))
+    return checks, config
+
+
+def live_checks(config: TTAConfig, timeout_s: float, now: float | None = None) -> list[Check]:
+    now = time.time() if now is None else now
+    host = f"[{config.metrics_address}]" if ":" in config.metrics_address else config.metrics_address
+    base = f"http://{host}:{config.metrics_port}"
+    try:
+        with urllib.request.urlopen(f"{base}/healthz", timeout=timeout_s) as resp:  # noqa: S310 (our own loopback URL)
+            health = json.loads(resp.read())
+    except urllib.error.HTTPError as exc:  # 503 still carries the snapshot
+        health = json.loads(exc.read() or b"{}")
+    except (OSError, ValueError) as exc:
+        reason = getattr(exc, "reason", exc)
+        reason = getattr(reason, "strerror", None) or reason
+        return [Check("daemon", FAIL, f"Daemon: not reachable at {base}/metrics ({reason})")]
+    checks = [Check("daemon", OK, f"Daemon: /metrics reachable at {base}/metrics")]
+    interval = float(health.get("interval_s") or config.measurement_interval)
+    last = float(health.get("last_success_at") or 0)
+    age = now - last
+    if last <= 0:
+        started_ago = now - float(health.get("started_at") or now)
+        status = FAIL if started_ago > 3 * interval else WARN
+        checks.append(Check("measurement", status, f"Last measurement: none yet (daemon up {started_ago:.0f}s, "
+                                                   f"interval {interval:g}s)"))
+    elif age > 3 * interval:
+        checks.append(Check("measurement", FAIL, f"Last measurement: stale, {age:.0f}s ago "
+                                                 f"(more than 3 intervals of {interval:g}s)"))
+    else:
+        checks.append(Check("measurement", OK, f"Last measurement: {age:.0f}s ago (interval {interval:g}s)"))
+    if not health.get("tracker_available", False):
+        checks.append(Check("tracker", FAIL, f"Energy source: unavailable: {health.get('tracker_error', '')}"))
+    today = config.output_dir / f"emissions_{datetime.fromtimestamp(now, UTC):%Y-%m-%d}.json"
+    try:
+        mtime = today.stat().st_mtime
+        fresh = now - mtime <= 3 * interval
+        checks.append(Check("records", OK if fresh else FAIL,
+                            f"Today's records: {today.name} {'updated' if fresh else 'not updated for'} "
+                            f"{now - mtime:.0f}s ago"))
+    except OSError:
+        # Before the first interval there is nothing to append yet.
+        checks.append(Check("records", WARN if last <= 0 else FAIL, f"Today's records: {today} missing"))
+    write_errors = int(health.get("write_errors", 0))
+    if write_errors:
+        checks.append(Check("write_errors", FAIL, f"Write errors: {write_errors} "
+                                                  f"(last: {health.get('last_write_error') or 'n/a'})"))
+    else:
+        checks.append(Check("write_errors", OK, "Write errors: 0"))
+    methods = health.get("energy_method") or {}
+    shown = ", ".join(f"{k}={v}" for k, v in sorted(methods.items())) or "unknown"
+    if health.get("estimated", True):
+        checks.append(Check("energy_method", WARN, f"Energy method: estimated, not measured ({shown})"))
+    else:
+        checks.append(Check("energy_method", OK, f"Energy method: measured ({shown})"))
+    return checks
+
+
+def run_check(load: Callable[[], TTAConfig], *, as_json: bool, timeout_s: float, live: bool) -> int:
+    checks, config = static_checks(load)
+    if config is not None and live:
+        checks.extend(live_checks(config, timeout_s))
+    healthy = not any(c.status == FAIL for c in checks)
+    if as_json:
+        print(json.dumps({"healthy": healthy, "checks": [asdict(c) for c in checks]}, indent=2))
+    else:
+        for c in checks:
+            print(f"{_ICON[c.status]} {c.line}")
+    sys.stdout.flush()
+    return 0 if healthy else 1

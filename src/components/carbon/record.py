@@ -1,0 +1,137 @@
+"""The currency passed between layers: energy readings in, emission records out.
+
+Sources produce :class:`IntervalEnergy`; the accountant turns it into an
+:class:`EmissionsRecord`; sinks consume records. None of these types knows
+about any source or sink.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+COMPONENTS: tuple[str, ...] = ("cpu", "ram", "gpu")
+JOULES_PER_KWH = 3_600_000.0
+# Methods that read a hardware energy counter; everything else is an estimate.
+MEASURED_METHODS = frozenset({"rapl", "nvml"})
+
+
+@dataclass(frozen=True, slots=True)
+class ComponentEnergy:
+    joules: float
+    method: str  # "rapl", "cpu_load_tdp", "constant", "nvml"
+
+
+@dataclass(frozen=True, slots=True)
+class IntervalEnergy:
+    components: dict[str, ComponentEnergy]  # keys: "cpu", "ram", "gpu"
+    devices: dict[str, float] = field(default_factory=dict)  # per-device joules
+
+
+class SourceUnavailable(Exception):
+    """The source cannot measure on this machine; the message says why in one line."""
+
+
+@dataclass(frozen=True, slots=True)
+class Intensity:
+    grams_per_kwh: float
+    source: str  # "fixed", "country_mix", ...
+    location: str  # e.g. "USA" or "USA/california"; "" when not applicable
+
+
+@dataclass(slots=True)
+class Totals:
+    """Cumulative figures that survive restarts (persisted by the ledger)."""
+
+    seq: int = 0
+    energy_j: dict[str, float] = field(default_factory=lambda: dict.fromkeys(COMPONENTS, 0.0))
+    emissions_g: dict[str, float] = field(default_factory=lambda: dict.fromkeys(COMPONENTS, 0.0))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"seq": self.seq, "energy_j": dict(self.energy_j), "emissions_g": dict(self.emissions_g)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Totals:
+        seq = data["seq"]
+        if not isinstance(seq, int) or seq < 0:
+            raise ValueError(f"seq must be a non-negative integer, got {seq!r}")
+        totals = cls(seq=seq)
+        for name in ("energy_j", "emissions_g"):
+            values = data[name]
+            for comp in COMPONENTS:
+                value = float(values.get(comp, 0.0))
+                if not value >= 0.0 or value == float("inf"):
+                    raise ValueError(f"{name}.{comp} must be a finite non-negative number, got {value!r}")
+                getattr(totals, name)[comp] = value
+        return totals
+
+
+@dataclass(frozen=True, slots=True)
+class EmissionsRecord:
+    """One interval. ``to_json_dict`` is the NDJSON line; docs/records.md defines each field."""
+
+    seq: int
+    run_id: str
+    host: str | None
+    project: str
+    env: str
+    interval_start: str  # RFC 3339 UTC
+    interval_end: str
+    duration_s: float
+    energy_j: dict[str, float]
+    power_w: dict[str, float]
+    emissions_g: dict[str, float]
+    intensity: Intensity
+    energy_method: dict[str, str]
+    estimated: bool
+    totals: Totals
+    final: bool = False
+    devices_j: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def emissions_total_g(self) -> float:
+        return sum(self.emissions_g.values())
+
+    def to_json_dict(self) -> dict[str, Any]:
+        energy_total = sum(self.energy_j.values())
+        record: dict[str, Any] = {
+            "timestamp": self.interval_end,
+            "interval_start": self.interval_start,
+            "interval_end": self.interval_end,
+            "duration_s": self.duration_s,
+            "seq": self.seq,
+            "run_id": self.run_id,
+        }
+        if self.host is not None:
+            record["host"] = self.host
+        record.update(
+            {
+                "project": self.project,
+                "env": self.env,
+                "energy_j": {**self.energy_j, "total": energy_total},
+                "energy_kwh": {
+                    **{k: v / JOULES_PER_KWH for k, v in self.energy_j.items()},
+                    "total": energy_total / JOULES_PER_KWH,
+                },
+                "power_w": {**self.power_w, "total": sum(self.power_w.values())},
+                "emissions_g": {**self.emissions_g, "total": self.emissions_total_g},
+                "emissions_kg": self.emissions_total_g / 1000.0,
+                "carbon_intensity_g_per_kwh": self.intensity.grams_per_kwh,
+                "intensity_source": self.intensity.source,
+                "intensity_location": self.intensity.location,
+                "energy_method": dict(self.energy_method),
+                "estimated": self.estimated,
+                "totals": {
+                    "energy_j": {**self.totals.energy_j, "total": sum(self.totals.energy_j.values())},
+                    "emissions_g": {
+                        **self.totals.emissions_g,
+                        "total": sum(self.totals.emissions_g.values()),
+                    },
+                    "records": self.totals.seq,
+                },
+                "final": self.final,
+            }
+        )
+        if self.devices_j:
+            record["devices_j"] = dict(self.devices_j)
+        return record

@@ -1,0 +1,114 @@
+"""`tta-carbon report`: totals from the NDJSON files, rotated and compressed ones included."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import re
+import sys
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from src.components.carbon.record import COMPONENTS
+
+# emissions_2026-11-28.json, plus logrotate's .1 / .2.gz / -20261128 / .gz suffixes.
+_FILE = re.compile(r"^emissions_\d{4}-\d{2}-\d{2}\.json(?:[.-][0-9]+)?(?:\.gz)?$")
+
+
+@dataclass
+class Totals:
+    records: int = 0
+    energy_j: dict[str, float] = field(default_factory=lambda: dict.fromkeys(COMPONENTS, 0.0))
+    emissions_g: dict[str, float] = field(default_factory=lambda: dict.fromkeys(COMPONENTS, 0.0))
+
+    def add(self, rec: dict[str, Any]) -> None:
+        self.records += 1
+        for c in COMPONENTS:
+            self.energy_j[c] += float(rec["energy_j"].get(c, 0.0))
+            self.emissions_g[c] += float(rec["emissions_g"].get(c, 0.0))
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "records": self.records,
+            "energy_j": {**self.energy_j, "total": sum(self.energy_j.values())},
+            "emissions_g": {**self.emissions_g, "total": sum(self.emissions_g.values())},
+        }
+
+
+@dataclass
+class Report:
+    overall: Totals = field(default_factory=Totals)
+    by_day: dict[str, Totals] = field(default_factory=lambda: defaultdict(Totals))
+    files: int = 0
+    duplicates: int = 0
+    invalid_lines: list[str] = field(default_factory=list)
+
+
+def iter_files(directory: Path) -> list[Path]:
+    return sorted(p for p in directory.iterdir() if _FILE.match(p.name) and p.is_file())
+
+
+def read_lines(path: Path) -> list[bytes]:
+    opener = gzip.open if path.name.endswith(".gz") else open
+    with opener(path, "rb") as fh:
+        return fh.read().split(b"\n")
+
+
+def build_report(directory: Path) -> Report:
+    """Each record counts once, keyed by (run_id, seq), whichever file it sits in."""
+    report = Report()
+    seen: set[tuple[str, int]] = set()
+    for path in iter_files(directory):
+        report.files += 1
+        for lineno, raw in enumerate(read_lines(path), start=1):
+            if not raw.strip():
+                continue
+            try:
+                rec = json.loads(raw)
+                key = (str(rec["run_id"]), int(rec["seq"]))
+                day = str(rec["interval_end"])[:10]
+            except (ValueError, KeyError, TypeError):
+                report.invalid_lines.append(f"{path.name} line {lineno}")
+                continue
+            if key in seen:
+                report.duplicates += 1
+                continue
+            seen.add(key)
+            try:
+                report.by_day[day].add(rec)
+                report.overall.add(rec)
+            except (KeyError, TypeError, ValueError, AttributeError):
+                report.invalid_lines.append(f"{path.name} line {lineno}")
+    return report
+
+
+def run_report(directory: Path, *, as_json: bool, by: str = "day") -> int:
+    if not directory.is_dir():
+        print(f"tta-carbon: error: output directory {directory} does not exist or is not a directory", file=sys.stderr)
+        return 1
+    report = build_report(directory)
+    if report.invalid_lines:
+        shown = ", ".join(report.invalid_lines[:5]) + (" ..." if len(report.invalid_lines) > 5 else "")
+        print(f"tta-carbon: warning: skipped {len(report.invalid_lines)} invalid line(s): {shown}", file=sys.stderr)
+    if as_json:
+        print(json.dumps({
+            "directory": str(directory), "files": report.files, "duplicates_skipped": report.duplicates,
+            "invalid_lines": len(report.invalid_lines), "overall": report.overall.as_dict(),
+            "by_day": {day: t.as_dict() for day, t in sorted(report.by_day.items())},
+        }, indent=2))
+        return 0
+    if by == "component":
+        print(f"{'component':<10} {'energy kWh':>14} {'emissions g':>14}")
+        for c in COMPONENTS:
+            print(f"{c:<10} {report.overall.energy_j[c] / 3.6e6:>14.6f} {report.overall.emissions_g[c]:>14.3f}")
+    else:
+        print(f"{'day':<10} {'records':>8} {'cpu kWh':>12} {'ram kWh':>12} {'gpu kWh':>12} {'emissions g':>14}")
+        for day, t in sorted(report.by_day.items()):
+            print(f"{day:<10} {t.records:>8} " + " ".join(f"{t.energy_j[c] / 3.6e6:>12.6f}" for c in COMPONENTS)
+                  + f" {sum(t.emissions_g.values()):>14.3f}")
+    o = report.overall
+    print(f"{'total':<10} {o.records:>8} records, {sum(o.energy_j.values()) / 3.6e6:.6f} kWh, "
+          f"{sum(o.emissions_g.values()):.3f} gCO2eq ({sum(o.emissions_g.values()) / 1000:.6f} kg)")
+    return 0

@@ -1,0 +1,117 @@
+"""NDJSON emissions files: ``emissions_YYYY-MM-DD.json``, one whole record per line."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+
+from src.components.carbon.record import EmissionsRecord
+
+FILE_MODE = 0o644
+# Records kept in memory while the disk refuses them (full, read-only, deleted dir).
+# At 15 s intervals this is 10 days of records in a few MB of RAM.
+MAX_PENDING = 57_600
+
+
+def file_name_for(record: EmissionsRecord) -> str:
+    return f"emissions_{record.interval_end[:10]}.json"
+
+
+@dataclass
+class WriteStats:
+    written: int = 0
+    write_errors: int = 0
+    dropped: int = 0
+    last_error: str = ""
+
+
+class NdjsonSink:
+    """Appends records; survives the file being renamed or deleted under it (logrotate)."""
+
+    def __init__(self, output_dir: Path, max_pending: int = MAX_PENDING) -> None:
+        self.output_dir = output_dir
+        self.stats = WriteStats()
+        self._pending: deque[tuple[str, bytes]] = deque()
+        self._max_pending = max_pending
+        self._fd: int | None = None
+        self._fd_path: Path | None = None
+
+    @property
+    def pending(self) -> int:
+        return len(self._pending)
+
+    def write(self, record: EmissionsRecord) -> bool:
+        """Queue the record and flush the queue in order; False if anything is still queued."""
+        line = json.dumps(record.to_json_dict(), separators=(",", ":"), allow_nan=False) + "\n"
+        self._pending.append((file_name_for(record), line.encode()))
+        if self.flush():
+            return True
+        while len(self._pending) > self._max_pending:
+            self._pending.popleft()  # the bound is what keeps a months-long outage from eating RAM
+            self.stats.dropped += 1
+        return False
+
+    def flush(self) -> bool:
+        while self._pending:
+            name, data = self._pending[0]
+            try:
+                self._append(self.output_dir / name, data)
+            except OSError as exc:
+                self.stats.write_errors += 1
+                self.stats.last_error = f"{exc.strerror or exc} ({self.output_dir / name})"
+                self._close()
+                return False
+            self._pending.popleft()
+            self.stats.written += 1
+        self.stats.last_error = ""
+        return True
+
+    def _append(self, path: Path, data: bytes) -> None:
+        fd = self._open(path)
+        start = os.fstat(fd).st_size
+        try:
+            written = os.write(fd, data)
+            if written != len(data):
+                raise OSError(28, "short write (disk full?)")
+        except OSError:
+            # Never leave half a line behind: a reader must see whole records only.
+            try:
+                os.ftruncate(fd, start)
+            except OSError:
+                pass
+            raise
+
+    def _open(self, path: Path) -> int:
+        if self._fd is not None and self._fd_path == path and self._still_linked(path):
+            return self._fd
+        self._close()
+        if not self.output_dir.is_dir():
+            # Someone removed the directory: recreate it rather than lose records.
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+        self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, FILE_MODE)
+        self._fd_path = path
+        return self._fd
+
+    def _still_linked(self, path: Path) -> bool:
+        # logrotate renames the file: keep writing to the old inode and records vanish into the archive.
+        try:
+            on_disk = os.stat(path)
+        except OSError:
+            return False
+        mine = os.fstat(self._fd)  # type: ignore[arg-type]
+        return (on_disk.st_dev, on_disk.st_ino) == (mine.st_dev, mine.st_ino)
+
+    def _close(self) -> None:
+        if self._fd is not None:
+            try:
+                os.close(self._fd)
+            except OSError:
+                pass
+        self._fd = None
+        self._fd_path = None
+
+    def close(self) -> None:
+        self._close()

@@ -1,0 +1,130 @@
+"""Prometheus exposition, rendered once per interval and served from a cache.
+
+Values come from the same record and totals that were written to NDJSON, so
+/metrics and the JSON files agree exactly for the same interval.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from src.components.carbon.health import HealthSnapshot
+from src.components.carbon.record import COMPONENTS, EmissionsRecord, Totals
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+class _SnapshotCollector(Collector):
+    def __init__(self) -> None:
+        self.health: HealthSnapshot | None = None
+        self.totals = Totals()
+        self.power_w: dict[str, float] = dict.fromkeys(COMPONENTS, 0.0)
+
+    def collect(self) -> Iterator[Metric]:
+        h = self.health
+        if h is None:
+            return
+        energy = CounterMetricFamily(
+            "tta_carbon_energy_joules", "Energy used since the ledger began, by component.", labels=["component"]
+        )
+        emissions = CounterMetricFamily(
+            "tta_carbon_emissions_grams", "CO2-equivalent emitted since the ledger began, by component.",
+            labels=["component"],
+        )
+        power = GaugeMetricFamily(
+            "tta_carbon_power_watts", "Average power over the last interval, by component.", labels=["component"]
+        )
+        for c in COMPONENTS:
+            energy.add_metric([c], self.totals.energy_j[c])
+            emissions.add_metric([c], self.totals.emissions_g[c])
+            power.add_metric([c], self.power_w[c])
+        yield energy
+        yield emissions
+        yield power
+        intensity = GaugeMetricFamily(
+            "tta_carbon_intensity_grams_per_kwh", "Carbon intensity used for the last interval.", labels=["source"]
+        )
+        intensity.add_metric([h.intensity_source or "none"], h.intensity_g_per_kwh)
+        yield intensity
+        yield GaugeMetricFamily(
+            "tta_carbon_last_measurement_timestamp_seconds",
+            "Unix time of the last successful measurement (0 = none yet).",
+            value=h.last_success_at,
+        )
+        yield GaugeMetricFamily(
+            "tta_carbon_last_record_sequence",
+            "Sequence number of the last record (matches the NDJSON field seq).", value=self.totals.seq,
+        )
+        yield GaugeMetricFamily(
+            "tta_carbon_measurement_interval_seconds", "Configured measurement interval.", value=h.interval_s
+        )
+        yield CounterMetricFamily("tta_carbon_measurements", "Successful measurements.", value=h.measurements)
+        yield CounterMetricFamily(
+            "tta_carbon_measurement_errors", "Intervals that could not be measured.", value=h.measurement_errors
+        )
+        yield CounterMetricFamily(
+            "tta_carbon_records_written", "Records appended to NDJSON files.", value=h.records_written
+        )
+        yield CounterMetricFamily(
+            "tta_carbon_write_errors", "Failed attempts to append to NDJSON files.", value=h.write_errors
+        )
+        yield CounterMetricFamily(
+            "tta_carbon_records_dropped", "Records dropped because the write buffer was full.",
+            value=h.records_dropped,
+        )
+        yield GaugeMetricFamily(
+            "tta_carbon_records_pending", "Records buffered in memory, waiting for the disk.", value=h.records_pending
+        )
+        yield GaugeMetricFamily(
+            "tta_carbon_tracker_available", "1 when the energy source is working.", value=int(h.tracker_available)
+        )
+        yield GaugeMetricFamily(
+            "tta_carbon_energy_estimated", "1 when any component's energy is estimated, not measured.",
+            value=int(h.estimated),
+        )
+        yield GaugeMetricFamily(
+            "tta_carbon_output_bytes", "Bytes of NDJSON files in the output directory.", value=h.output_bytes
+        )
+        yield GaugeMetricFamily(
+            "tta_carbon_log_file_bytes", "Bytes of the daemon's own log file.", value=h.log_file_bytes
+        )
+        yield GaugeMetricFamily(
+            "tta_carbon_up_since_timestamp_seconds", "Unix time the daemon started.", value=h.started_at
+        )
+        method = ",".join(f"{k}={v}" for k, v in sorted(h.energy_method.items())) or "none"
+        info = GaugeMetricFamily(
+            "tta_carbon_build_info", "Version and how figures are obtained; value is always 1.",
+            labels=["version", "energy_source", "energy_method", "intensity_source", "project", "env"],
+        )
+        info.add_metric([h.version, h.energy_source or "none", method, h.intensity_source or "none", h.project, h.env], 1)
+        yield info
+
+
+class PrometheusSink:
+    """Holds the latest exposition bytes; the HTTP server only ever copies them out."""
+
+    def __init__(self) -> None:
+        self._collector = _SnapshotCollector()
+        self._registry = CollectorRegistry(auto_describe=False)
+        self._registry.register(self._collector)
+        self._lock = threading.Lock()
+        self._page = b""
+
+    def update(self, health: HealthSnapshot, record: EmissionsRecord | None) -> None:
+        with self._lock:
+            self._collector.health = health
+            if record is not None:
+                self._collector.totals = record.totals
+                self._collector.power_w = dict(record.power_w)
+            self._page = generate_latest(self._registry)
+
+    def restore(self, totals: Totals) -> None:
+        self._collector.totals = Totals(totals.seq, dict(totals.energy_j), dict(totals.emissions_g))
+
+    def page(self) -> bytes:
+        return self._page

@@ -1,0 +1,205 @@
+"""TTAConfig: the daemon's settings, from args > env > env file > YAML > defaults."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import re
+from contextvars import ContextVar
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic.fields import FieldInfo
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from src.orchestration.sources import (
+    CONFIG_FILE_DEFAULT,
+    ENV_FILE_DEFAULT,
+    ConfigError,
+    Layer,
+    env_file_layer,
+    env_name,
+    environment_layer,
+    locate,
+    yaml_layer,
+)
+
+MIN_INTERVAL_S = 1.0
+MAX_INTERVAL_S = 3600.0
+DEFAULT_METRICS_PORT = 9880
+
+_layers: ContextVar[list[Layer]] = ContextVar("tta_config_layers", default=[])
+
+
+@lru_cache(maxsize=1)
+def known_country_codes() -> frozenset[str]:
+    """ISO 3166-1 alpha-3 codes for which codecarbon ships an energy mix (no codecarbon import)."""
+    data = resources.files("codecarbon").joinpath("data/private_infra/global_energy_mix.json").read_bytes()
+    return frozenset(json.loads(data))
+
+
+class _LayerSource(PydanticBaseSettingsSource):
+    """Adapts one already-read Layer to pydantic-settings' source interface."""
+
+    def __init__(self, settings_cls: type[BaseSettings], layer: Layer) -> None:
+        super().__init__(settings_cls)
+        self.layer = layer
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return self.layer.values.get(field_name), field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return dict(self.layer.values)
+
+
+class TTAConfig(BaseSettings):
+    """Settings for the carbon component. ``docs/configuration.md`` documents each one."""
+
+    model_config = SettingsConfigDict(extra="forbid", validate_default=True, frozen=True)
+
+    env: str = Field("staging", pattern=r"^[a-z0-9][a-z0-9_-]{0,31}$")
+    config_file: Path = CONFIG_FILE_DEFAULT
+    env_file: Path = ENV_FILE_DEFAULT
+    output_dir: Path = Path("/var/log/tta/staging/codecarbon")
+    project_name: str = Field("TTA-Staging", min_length=1, max_length=100, pattern=r"^[^\x00-\x1f\x7f]+$")
+    log_level: Literal["debug", "info", "warning", "error", "critical"] = "info"
+    log_file: Path | None = Path("/var/log/tta/staging/carbon.log")
+    measurement_interval: float = Field(15.0, ge=MIN_INTERVAL_S, le=MAX_INTERVAL_S, allow_inf_nan=False)
+    metrics_address: str = "127.0.0.1"
+    metrics_port: int = Field(DEFAULT_METRICS_PORT, ge=1, le=65535)
+    state_dir: Path = Path("/var/lib/tta/staging")
+    country_iso_code: str = "USA"
+    region: str | None = Field(None, max_length=64)
+    intensity_g_per_kwh: float | None = Field(None, gt=0, le=3000, allow_inf_nan=False)
+    offline: bool = True
+    electricitymaps_token: SecretStr | None = None
+    energy_source: Literal["auto", "codecarbon", "rapl"] = "auto"
+    powercap_root: Path = Path("/sys/class/powercap")
+    record_hostname: bool = True
+
+    def __init__(self, **values: Any) -> None:
+        token = _layers.set([])
+        try:
+            super().__init__(**values)
+        except ValidationError as exc:
+            raise ConfigError(_describe(exc, _layers.get())) from None
+        finally:
+            _layers.reset(token)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        fields = set(cls.model_fields)
+        init_kwargs: dict[str, Any] = getattr(init_settings, "init_kwargs", {})
+        layers = [Layer("arguments", dict(init_kwargs), {k: f"argument {k}" for k in init_kwargs})]
+        layers.append(environment_layer(dict(os.environ), fields))
+        env_path, env_asked = locate(init_kwargs.get("env_file"), "TTA_ENV_FILE", layers, "env_file", ENV_FILE_DEFAULT)
+        if env_asked or env_path.exists():
+            if not env_path.exists():
+                raise ConfigError(f"environment file {env_path} does not exist (set by TTA_ENV_FILE or --env-file)")
+            layers.append(env_file_layer(env_path, fields))
+        yaml_path, yaml_asked = locate(
+            init_kwargs.get("config_file"), "TTA_CONFIG", layers, "config_file", CONFIG_FILE_DEFAULT
+        )
+        if yaml_asked or yaml_path.exists():
+            if not yaml_path.exists():
+                raise ConfigError(f"config file {yaml_path} does not exist (set by TTA_CONFIG or --config)")
+            layers.append(yaml_layer(yaml_path, fields))
+        _layers.get().extend(layers)
+        return (init_settings, *(_LayerSource(settings_cls, layer) for layer in layers[1:]))
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _lower_level(cls, value: Any) -> Any:
+        return value.strip().lower() if isinstance(value, str) else value
+
+    @field_validator("region", "log_file", "intensity_g_per_kwh", "electricitymaps_token", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: Any) -> Any:
+        # An empty value in an env file means "not set", as systemd operators expect.
+        return None if isinstance(value, str) and value.strip() == "" else value
+
+    @field_validator("metrics_address")
+    @classmethod
+    def _ip_literal(cls, value: str) -> str:
+        try:
+            return str(ipaddress.ip_address(value.strip()))
+        except ValueError:
+            raise ValueError("must be an IPv4 or IPv6 address such as 127.0.0.1") from None
+
+    @field_validator("country_iso_code", mode="before")
+    @classmethod
+    def _country(cls, value: Any) -> Any:
+        if not isinstance(value, str):
+            return value
+        code = value.strip().upper()
+        if not re.fullmatch(r"[A-Z]{3}", code) or code not in known_country_codes():
+            raise ValueError("must be a known ISO 3166-1 alpha-3 country code such as USA, FRA or DEU")
+        return code
+
+    @field_validator("output_dir", "state_dir")
+    @classmethod
+    def _directory_path(cls, value: Path) -> Path:
+        if value.exists() and not value.is_dir():
+            raise ValueError("exists and is not a directory")
+        return value
+
+    @field_validator("log_file")
+    @classmethod
+    def _log_file_path(cls, value: Path | None) -> Path | None:
+        if value is not None and value.is_dir():
+            raise ValueError("is a directory; give a file path, or an empty value for no log file")
+        return value
+
+    @model_validator(mode="after")
+    def _online_needs_token(self) -> TTAConfig:
+        if not self.offline and self.electricitymaps_token is None:
+            raise ValueError("offline=false needs electricitymaps_token (CARBON_ELECTRICITYMAPS_TOKEN)")
+        return self
+
+    def public_dict(self) -> dict[str, Any]:
+        """Settings safe to print or log: secrets masked."""
+        data = self.model_dump(mode="json")
+        if self.electricitymaps_token is not None:
+            data["electricitymaps_token"] = "**********"
+        return data
+
+
+def _describe(exc: ValidationError, layers: list[Layer]) -> str:
+    """Turn pydantic's report into one line per problem naming key, value and origin."""
+    lines = []
+    for err in exc.errors(include_url=False):
+        loc = err.get("loc") or ()
+        key = str(loc[0]) if loc else "config"
+        origin = next((layer.origins[key] for layer in layers if key in layer.origins), None)
+        if origin is None:
+            origin = "default" if key in TTAConfig.model_fields else "unknown source"
+        raw = err.get("input")
+        shown = "***" if key == "electricitymaps_token" else _short(raw)
+        msg = err.get("msg", "invalid").removeprefix("Value error, ")
+        if err.get("type") == "extra_forbidden":
+            lines.append(f"unknown setting {key}={shown} ({origin})")
+        elif key == "config":
+            lines.append(f"invalid configuration: {msg}")
+        else:
+            if key == "measurement_interval":
+                msg += f" (allowed: {MIN_INTERVAL_S:g} to {MAX_INTERVAL_S:g} seconds)"
+            if origin == "default":
+                origin = f"default; override with {env_name(key)}"
+            lines.append(f"invalid {key}={shown} ({origin}): {msg}")
+    return "; ".join(lines)
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."

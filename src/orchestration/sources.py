@@ -1,0 +1,147 @@
+"""Where TTAConfig values come from, each value remembering its origin.
+
+Origins matter because every rejected value must be reported on one line that
+names the key, the bad value and *where it came from* (env var, file and line).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ENV_FILE_DEFAULT = Path("/etc/tta/staging/environment")
+CONFIG_FILE_DEFAULT = Path("/etc/tta/staging/config.yaml")
+
+# Settings whose environment name does not follow CARBON_<FIELD>.
+SPECIAL_ENV_NAMES = {"env": "TTA_ENV", "config_file": "TTA_CONFIG", "env_file": "TTA_ENV_FILE"}
+# Settings that only make sense outside the YAML file (they locate the files).
+LOCATOR_FIELDS = frozenset({"config_file", "env_file"})
+
+_ENV_LINE = re.compile(r"^(?:export\s+)?([A-Za-z_][A-Za-z0-9_]*)\s*=\s*(.*)$")
+
+
+class ConfigError(Exception):
+    """A configuration problem; ``str()`` is one line an operator can act on."""
+
+
+@dataclass
+class Layer:
+    """Values from one source, plus a human description of where each came from."""
+
+    name: str
+    values: dict[str, Any] = field(default_factory=dict)
+    origins: dict[str, str] = field(default_factory=dict)
+
+
+def env_name(field_name: str) -> str:
+    return SPECIAL_ENV_NAMES.get(field_name, f"CARBON_{field_name.upper()}")
+
+
+def field_for_env(key: str, fields: set[str]) -> str | None:
+    """Map an environment name to a field; None for names that are not ours at all."""
+    for name, special in SPECIAL_ENV_NAMES.items():
+        if key == special:
+            return name
+    if key.startswith("CARBON_"):
+        candidate = key[len("CARBON_") :].lower()
+        # An unknown CARBON_* name is a typo until proven otherwise: keep it so it is rejected.
+        return candidate if candidate in fields and candidate not in SPECIAL_ENV_NAMES else f"?{key}"
+    return None
+
+
+def _env_layer(name: str, pairs: dict[str, tuple[str, str]], fields: set[str]) -> Layer:
+    layer = Layer(name)
+    for key, (value, origin) in pairs.items():
+        target = field_for_env(key, fields)
+        if target is None:
+            continue
+        if target.startswith("?"):
+            raise ConfigError(f"unknown setting {key}={value!r} ({origin}); see docs/configuration.md for valid names")
+        layer.values[target] = value
+        layer.origins[target] = origin
+    return layer
+
+
+def environment_layer(environ: dict[str, str], fields: set[str]) -> Layer:
+    pairs = {k: (v, f"environment variable {k}") for k, v in environ.items()}
+    return _env_layer("environment", pairs, fields)
+
+
+def parse_env_file(path: Path) -> dict[str, tuple[str, str]]:
+    """Read ``KEY=value`` lines, also accepting the guide's ``export KEY=value``.
+
+    systemd's EnvironmentFile= drops ``export`` lines, so we accept them for
+    operators who followed the old guide, but ship and document the plain form.
+    """
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"environment file {path}: not valid UTF-8 ({exc.reason} at byte {exc.start})") from None
+    except OSError as exc:
+        raise ConfigError(f"environment file {path}: cannot read: {exc.strerror}") from None
+    pairs: dict[str, tuple[str, str]] = {}
+    for lineno, raw in enumerate(text.splitlines(), start=1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        match = _ENV_LINE.match(line)
+        if not match:
+            raise ConfigError(f"environment file {path} line {lineno}: expected KEY=value, got {raw.strip()!r}")
+        key, value = match.group(1), match.group(2).strip()
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":
+            value = value[1:-1]
+        elif value.startswith(("'", '"')):
+            raise ConfigError(f"environment file {path} line {lineno}: unterminated quote in {key}")
+        pairs[key] = (value, f"{path} line {lineno}")
+    return pairs
+
+
+def env_file_layer(path: Path, fields: set[str]) -> Layer:
+    return _env_layer(f"environment file {path}", parse_env_file(path), fields)
+
+
+def yaml_layer(path: Path, fields: set[str]) -> Layer:
+    layer = Layer(f"config file {path}")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"config file {path}: not valid UTF-8 ({exc.reason} at byte {exc.start})") from None
+    except OSError as exc:
+        raise ConfigError(f"config file {path}: cannot read: {exc.strerror}") from None
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1} column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"config file {path}{where}: YAML syntax error: {problem}") from None
+    if data is None:
+        return layer
+    if not isinstance(data, dict) or not isinstance(node, yaml.MappingNode):
+        raise ConfigError(f"config file {path}: top level must be a mapping of settings, got {type(data).__name__}")
+    lines = {k.value: k.start_mark.line + 1 for k, _ in node.value if isinstance(k, yaml.ScalarNode)}
+    for key, value in data.items():
+        origin = f"{path} line {lines.get(str(key), '?')}"
+        if not isinstance(key, str) or key not in fields or key in LOCATOR_FIELDS:
+            raise ConfigError(f"unknown setting {key!r} ({origin}); see docs/configuration.md for valid keys")
+        layer.values[key] = value
+        layer.origins[key] = origin
+    return layer
+
+
+def locate(explicit: Any, env_key: str, layers: list[Layer], field_name: str, default: Path) -> tuple[Path, bool]:
+    """Find a file path from args, then env, then earlier layers; say whether it was asked for."""
+    if explicit not in (None, ""):
+        return Path(explicit), True
+    if os.environ.get(env_key):
+        return Path(os.environ[env_key]), True
+    for layer in layers:
+        if layer.values.get(field_name):
+            return Path(layer.values[field_name]), True
+    return default, False

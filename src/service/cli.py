@@ -1,0 +1,115 @@
+"""`tta-carbon`: run the daemon, check its health, report totals."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from src.orchestration import ConfigError, TTAConfig
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def _config_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", metavar="PATH", help="YAML config file (default: $TTA_CONFIG or /etc/tta/staging/config.yaml)")
+    parser.add_argument("--env-file", metavar="PATH", help="environment file (default: $TTA_ENV_FILE or /etc/tta/staging/environment)")
+    parser.add_argument("--local", action="store_true",
+                        help="local run without root: config/local.yaml, output under ./.local-run, metrics on 127.0.0.1")
+    parser.add_argument("--set", metavar="KEY=VALUE", action="append", default=[],
+                        help="override one setting (highest precedence); repeatable, e.g. --set measurement_interval=5")
+
+
+def load_config(args: argparse.Namespace) -> TTAConfig:
+    explicit: dict[str, Any] = {}
+    if args.local:
+        explicit["config_file"] = str(REPO_ROOT / "config" / "local.yaml")
+        explicit["env_file"] = str(REPO_ROOT / "config" / "local.env")
+    if args.config:
+        explicit["config_file"] = args.config
+    if args.env_file:
+        explicit["env_file"] = args.env_file
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE")
+        explicit[key.strip()] = value
+    return TTAConfig(**explicit)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from src.service import logs
+    from src.service.daemon import EX_CONFIG, Daemon
+
+    try:
+        config = load_config(args)
+    except ConfigError as exc:
+        print(f"tta-carbon: config error: {exc}", file=sys.stderr)
+        return EX_CONFIG
+    logs.configure(config.log_level, config.log_file)
+    return Daemon(config, lambda: load_config(args)).run()
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from src.components.carbon.healthcheck import run_check
+
+    return run_check(lambda: load_config(args), as_json=args.json, timeout_s=args.timeout, live=not args.no_daemon)
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from src.components.carbon.report import run_report
+
+    directory = Path(args.dir) if args.dir else None
+    if directory is None:
+        try:
+            directory = load_config(args).output_dir
+        except ConfigError as exc:
+            print(f"tta-carbon: config error: {exc}", file=sys.stderr)
+            return 78
+    return run_report(directory, as_json=args.json, by=args.by)
+
+
+def _timeout(value: str) -> float:
+    seconds = float(value)
+    if not 0.1 <= seconds <= 60:
+        raise argparse.ArgumentTypeError("must be between 0.1 and 60 seconds")
+    return seconds
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tta-carbon", description="TTA carbon-tracking daemon")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = sub.add_parser("run", help="run the daemon in the foreground",
+                         description="Measure every interval, write NDJSON records, serve /metrics. "
+                                     "Exit codes: 0 stopped cleanly, 69 port unavailable, 73 output dir unusable, 78 bad config.")
+    _config_args(run)
+    run.set_defaults(func=cmd_run)
+
+    check = sub.add_parser("check", help="health check (exit 0 healthy, 1 failing)",
+                           description="Check config, output directory, codecarbon and the live daemon.")
+    _config_args(check)
+    check.add_argument("--json", action="store_true", help="machine-readable output")
+    check.add_argument("--timeout", type=_timeout, default=5.0, help="seconds to wait for the daemon (default 5)")
+    check.add_argument("--no-daemon", action="store_true", help="skip the live daemon checks (e.g. before first start)")
+    check.set_defaults(func=cmd_check)
+
+    report = sub.add_parser("report", help="totals from the NDJSON files",
+                            description="Totals per day, per component and overall, read from emissions_*.json "
+                                        "(including rotated and compressed files).")
+    _config_args(report)
+    report.add_argument("--dir", metavar="DIR", help="read this directory instead of the configured output_dir")
+    report.add_argument("--json", action="store_true", help="machine-readable output")
+    report.add_argument("--by", choices=["day", "component"], default="day", help="table grouping (default day)")
+    report.set_defaults(func=cmd_report)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

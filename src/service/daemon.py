@@ -1,0 +1,176 @@
+"""The service shell: monotonic schedule, signals, sd_notify, SIGHUP reload.
+
+Only this module knows about systemd. The loop itself sends WATCHDOG=1, so a
+hung measurement really trips systemd's watchdog instead of a helper thread
+keeping a dead daemon "alive".
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable
+from types import FrameType
+
+import sdnotify
+
+from src.components.carbon_component import CarbonComponent, OutputDirUnwritable
+from src.orchestration import ConfigError, TTAConfig
+from src.service import logs
+
+EX_OK = 0
+EX_UNAVAILABLE = 69
+EX_CANTCREAT = 73
+EX_CONFIG = 78
+
+
+class Daemon:
+    def __init__(self, config: TTAConfig, load_config: Callable[[], TTAConfig]) -> None:
+        self.config = config
+        self._load_config = load_config
+        self.component = CarbonComponent(config)
+        self._notifier = sdnotify.SystemdNotifier()
+        self._wake = threading.Event()
+        self._stop = False
+        self._reload = False
+        self._log = logs.get_logger(component="carbon")
+        watchdog_usec = int(os.environ.get("WATCHDOG_USEC", "0") or 0)
+        watchdog_pid = os.environ.get("WATCHDOG_PID")
+        if watchdog_pid and watchdog_pid != str(os.getpid()):
+            watchdog_usec = 0
+        self._watchdog_every = watchdog_usec / 2e6 if watchdog_usec > 0 else None
+        self._stall_after = _test_fault_stall_after()
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        if signum == signal.SIGHUP:
+            self._reload = True
+        else:
+            self._stop = True
+        self._wake.set()
+
+    def run(self) -> int:
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(sig, self._on_signal)
+        log = self._log
+        try:
+            self.component.start()
+        except OutputDirUnwritable as exc:
+            log.error("start_failed", error=str(exc))
+            _print_error(str(exc))
+            return EX_CANTCREAT
+        except OSError as exc:
+            cfg = self.config
+            if exc.errno in (98, 99, 13):  # EADDRINUSE, EADDRNOTAVAIL, EACCES on bind
+                msg = f"cannot listen on {cfg.metrics_address}:{cfg.metrics_port}: {exc.strerror}"
+                log.error("start_failed", error=msg)
+                _print_error(msg + " (set CARBON_METRICS_PORT or metrics_port)")
+                return EX_UNAVAILABLE
+            msg = f"cannot prepare directories: {exc.strerror} ({exc.filename})"
+            log.error("start_failed", error=msg)
+            _print_error(msg)
+            return EX_CANTCREAT
+        comp = self.component
+        log.info(
+            "started", version=comp.health.version, run_id=comp.run_id, pid=os.getpid(),
+            metrics=f"http://{self.config.metrics_address}:{comp.metrics_port}/metrics",
+            output_dir=str(comp.output_dir), interval_s=self.config.measurement_interval,
+            energy_source=comp.source_reason, ledger=comp.ledger_note,
+            intensity_g_per_kwh=comp.health.intensity_g_per_kwh, intensity_source=comp.health.intensity_source,
+        )
+        if comp.health.tracker_error:
+            log.error("energy_source_unavailable", error=comp.health.tracker_error)
+        if logs.TEE.error:
+            log.error("log_file_unavailable", error=logs.TEE.error)
+        self._notifier.notify(f"READY=1\nSTATUS=started; first measurement in {self.config.measurement_interval:g}s\n"
+                              f"MAINPID={os.getpid()}")
+        try:
+            self._loop()
+        finally:
+            self._notifier.notify("STOPPING=1\nSTATUS=stopping: writing final record")
+            record = comp.stop()
+            log.info("stopped", final_seq=record.seq if record else None,
+                     total_emissions_g=comp.health.total_emissions_g)
+        return EX_OK
+
+    def _loop(self) -> None:
+        interval = self.config.measurement_interval
+        base = time.monotonic()
+        ticks = 0
+        while not self._stop:
+            deadline = base + (ticks + 1) * interval
+            now = time.monotonic()
+            if now >= deadline:
+                ticks += 1
+                self._measure(ticks)
+                if now - deadline >= interval:
+                    # We fell a whole interval behind (suspend, or a stall): resume the
+                    # grid from here rather than firing a burst of catch-up measurements.
+                    ticks = int((now - base) // interval)
+                continue
+            if self._reload:
+                self._reload = False
+                self._apply_reload()
+                continue
+            self._ping_watchdog()
+            wait = deadline - now
+            if self._watchdog_every is not None:
+                wait = min(wait, self._watchdog_every)
+            self._wake.wait(wait)
+            self._wake.clear()
+
+    def _measure(self, ticks: int) -> None:
+        if self._stall_after is not None and ticks > self._stall_after:
+            self._log.warning("test_fault_stall", after=self._stall_after)
+            while True:  # deliberately hung: only the watchdog can end this
+                time.sleep(3600)
+        comp = self.component
+        before_errors = comp.health.measurement_errors, comp.health.write_errors
+        record = comp.measure_once()
+        h = comp.health
+        if record is not None:
+            self._log.debug("measured", seq=record.seq, power_w=round(h.last_power_w, 3),
+                            emissions_g=round(record.emissions_total_g, 6))
+        if h.measurement_errors != before_errors[0]:
+            self._log.error("measurement_failed", error=h.last_measurement_error, errors=h.measurement_errors)
+        if h.write_errors != before_errors[1]:
+            self._log.error("write_failed", error=h.last_write_error, pending=h.records_pending,
+                            dropped=h.records_dropped)
+        self._notifier.notify(f"STATUS={h.status_line()}")
+        self._ping_watchdog()
+
+    def _ping_watchdog(self) -> None:
+        if self._watchdog_every is not None:
+            self._notifier.notify("WATCHDOG=1")
+
+    def _apply_reload(self) -> None:
+        self._notifier.notify(f"RELOADING=1\nMONOTONIC_USEC={time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000}")
+        try:
+            new = self._load_config()
+        except ConfigError as exc:
+            self._log.error("reload_rejected", error=str(exc), keeping="previous configuration")
+            logs.TEE.reopen(self.config.log_file)
+            self._notifier.notify("READY=1")
+            return
+        logs.configure(new.log_level, new.log_file)  # also reopens the log file (logrotate)
+        needs_restart = self.component.reconfigure(new)
+        self.config = self.component.config
+        self._log.info("reloaded", log_level=new.log_level, project=new.project_name,
+                       intensity_g_per_kwh=self.component.health.intensity_g_per_kwh,
+                       needs_restart=needs_restart or None)
+        self._notifier.notify("READY=1")
+
+
+def _test_fault_stall_after() -> int | None:
+    fault = os.environ.get("TTA_CARBON_TEST_FAULT", "")
+    if fault.startswith("stall-after:"):
+        return int(fault.split(":", 1)[1])
+    return None
+
+
+def _print_error(message: str) -> None:
+    import sys
+
+    print(f"tta-carbon: error: {message}", file=sys.stderr)
+
