@@ -9,42 +9,30 @@ from __future__ import annotations
 
 import os
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
-
-from carbond import CarbonDaemon, daemon_command  # noqa: E402
-from promserver import PromServer  # noqa: E402
-
-
-def _need(binary: str, package: str) -> None:
-    if shutil.which(binary):
-        return
-    msg = f"`{binary}` not installed (apt-get install -y --no-install-recommends {package})"
-    if os.environ.get("TTA_REQUIRE_PROMETHEUS") == "1":
-        pytest.fail(msg + " and TTA_REQUIRE_PROMETHEUS=1")
-    pytest.skip(msg)
+from tests.prometheus.promlib import need
+from tests.prometheus.promserver import PromServer
 
 
 @pytest.fixture
 def promtool():
-    _need("promtool", "prometheus")
+    need("promtool", "prometheus")
     return shutil.which("promtool")
 
 
 @pytest.fixture
 def amtool():
-    _need("amtool", "prometheus-alertmanager")
+    need("amtool", "prometheus-alertmanager")
     return shutil.which("amtool")
 
 
 @pytest.fixture
 def prom_factory(tmp_path):
     """prom_factory(config=dict) -> started PromServer; all stopped at teardown."""
-    _need("prometheus", "prometheus")
+    need("prometheus", "prometheus")
     servers: list[PromServer] = []
 
     def make(**kw) -> PromServer:
@@ -55,24 +43,6 @@ def prom_factory(tmp_path):
     yield make
     for server in servers:
         server.stop()
-
-
-@pytest.fixture
-def daemon_factory(tmp_path):
-    """daemon_factory(name, port, **kw) -> started CarbonDaemon; all stopped at teardown."""
-    if daemon_command() is None:
-        pytest.skip("the tta-carbon daemon (src/service/cli.py) is not in this tree yet; merge main")
-    daemons: list[CarbonDaemon] = []
-
-    def make(name: str, port: int, **kw) -> CarbonDaemon:
-        d = CarbonDaemon(tmp_path / name, port, name=name, **kw)
-        daemons.append(d)
-        return d.start()
-
-    yield make
-    for d in daemons:
-        if d.proc is not None:
-            d.kill()
 
 
 class Results:

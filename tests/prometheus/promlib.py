@@ -2,13 +2,15 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import shutil
 import subprocess
 from pathlib import Path
 
 import yaml
 
-from promserver import AMTOOL, PROMTOOL  # noqa: F401  (re-exported)
+from tests.prometheus.promserver import AMTOOL, PROMTOOL  # noqa: F401  (re-exported)
 
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
@@ -29,6 +31,24 @@ JOB = "tta-staging-carbon"
 # Metrics Prometheus itself attaches to every target; allowed in queries
 # besides the daemon's own contract metrics.
 PROMETHEUS_SYNTHETIC = {"up", "ALERTS", "ALERTS_FOR_STATE"}
+
+
+def need(binary: str, package: str) -> None:
+    """Skip the calling test when a binary is missing; fail instead when
+    TTA_REQUIRE_PROMETHEUS=1 (CI installs the packages, so a skip there would
+    hide a broken install)."""
+    import pytest
+
+    if shutil.which(binary):
+        return
+    msg = f"`{binary}` not installed (apt-get install -y --no-install-recommends {package})"
+    if os.environ.get("TTA_REQUIRE_PROMETHEUS") == "1":
+        pytest.fail(msg + " and TTA_REQUIRE_PROMETHEUS=1")
+    pytest.skip(msg)
+
+
+def need_prometheus() -> None:
+    need("prometheus", "prometheus")
 
 
 def run(cmd: list[str], **kw) -> subprocess.CompletedProcess:

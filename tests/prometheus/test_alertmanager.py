@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from promlib import ALERTMANAGER, alert_rules, run
+from tests.prometheus.promlib import ALERTMANAGER, alert_rules, run
 
 
 def test_check_config(amtool):

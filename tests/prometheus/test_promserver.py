@@ -8,7 +8,7 @@ import time
 import pytest
 import yaml
 
-from promserver import PromError
+from tests.prometheus.promserver import PromError
 
 
 def test_promserver_helpers_and_shutdown(prom_factory, tmp_path):

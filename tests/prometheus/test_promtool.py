@@ -13,7 +13,7 @@ import shutil
 import pytest
 import yaml
 
-from promlib import (
+from tests.prometheus.promlib import (
     ALERT_RULES, EXAMPLE_TARGETS, JOB, PROM_CONFIG, PROM_DIR, RECORDING_RULES, RULE_FILES, RULE_TESTS,
     alert_rules, contract_metrics, load_rules, metric_names, recording_rules, run,
 )
