@@ -6,7 +6,6 @@ names the key, the bad value and *where it came from* (env var, file and line).
 
 from __future__ import annotations
 
-import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -134,12 +133,14 @@ def yaml_layer(path: Path, fields: set[str]) -> Layer:
     return layer
 
 
-def locate(explicit: Any, env_key: str, layers: list[Layer], field_name: str, default: Path) -> tuple[Path, bool]:
+def locate(
+    explicit: Any, env_key: str, environ: dict[str, str], layers: list[Layer], field_name: str, default: Path
+) -> tuple[Path, bool]:
     """Find a file path from args, then env, then earlier layers; say whether it was asked for."""
     if explicit not in (None, ""):
         return Path(explicit), True
-    if os.environ.get(env_key):
-        return Path(os.environ[env_key]), True
+    if environ.get(env_key):
+        return Path(environ[env_key]), True
     for layer in layers:
         if layer.values.get(field_name):
             return Path(layer.values[field_name]), True
