@@ -78,7 +78,9 @@ class TTAConfig(BaseSettings):
     intensity_g_per_kwh: float | None = Field(None, gt=0, le=3000, allow_inf_nan=False)
     offline: bool = True
     electricitymaps_token: SecretStr | None = None
-    energy_source: Literal["auto", "codecarbon", "rapl"] = "auto"
+    energy_source: Literal["auto", "rapl", "cpu_load_tdp", "codecarbon"] = "auto"
+    cpu_tdp_watts: float | None = Field(None, gt=0, le=5000, allow_inf_nan=False)
+    ram_watts: float | None = Field(None, gt=0, le=2000, allow_inf_nan=False)
     powercap_root: Path = Path("/sys/class/powercap")
     record_hostname: bool = True
 
@@ -128,7 +130,8 @@ class TTAConfig(BaseSettings):
     def _lower_level(cls, value: Any) -> Any:
         return value.strip().lower() if isinstance(value, str) else value
 
-    @field_validator("region", "log_file", "intensity_g_per_kwh", "electricitymaps_token", mode="before")
+    @field_validator("region", "log_file", "intensity_g_per_kwh", "electricitymaps_token", "cpu_tdp_watts",
+                     "ram_watts", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: Any) -> Any:
         # An empty value in an env file means "not set", as systemd operators expect.
