@@ -62,7 +62,6 @@ def static_checks(load: Callable[[], TTAConfig]) -> tuple[list[Check], TTAConfig
 
 
 def live_checks(config: TTAConfig, timeout_s: float, now: float | None = None) -> list[Check]:
-    now = time.time() if now is None else now
     host = f"[{config.metrics_address}]" if ":" in config.metrics_address else config.metrics_address
     base = f"http://{host}:{config.metrics_port}"
     try:
@@ -74,6 +73,9 @@ def live_checks(config: TTAConfig, timeout_s: float, now: float | None = None) -
         reason = getattr(exc, "reason", exc)
         reason = getattr(reason, "strerror", None) or reason
         return [Check("daemon", FAIL, f"Daemon: not reachable at {base}/metrics ({reason})")]
+    # Ages are measured from when the snapshot arrived: taken before the request, a measurement
+    # finishing meanwhile showed as "-0s ago".
+    now = time.time() if now is None else now
     checks = [Check("daemon", OK, f"Daemon: /metrics reachable at {base}/metrics")]
     interval = float(health.get("interval_s") or config.measurement_interval)
     last = float(health.get("last_success_at") or 0)
