@@ -99,14 +99,15 @@ class Daemon:
     """`tta-carbon run` as a subprocess; always stopped by the fixture that made it."""
 
     def __init__(self, setup: Setup, env: dict[str, str] | None = None, wrap: list[str] | None = None,
-                 **overrides: str) -> None:
+                 argv: list[str] | None = None, **overrides: str) -> None:
+        """`argv` replaces `tta-carbon run <setup's settings>` (the setup then only supplies the port)."""
         self.setup = setup
         self.stderr_path = setup.root / "daemon.stderr"
         self._stderr = open(self.stderr_path, "wb")  # noqa: SIM115 (closed in stop())
         self.proc = subprocess.Popen(
-            [*(wrap or []), TTA_CARBON, "run", *setup.args(**overrides)],
+            [*(wrap or []), *(argv or [TTA_CARBON, "run", *setup.args(**overrides)])],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=self._stderr,
-            env=env or clean_env(), cwd=REPO, start_new_session=True,
+            env=env or clean_env(), cwd=setup.root, start_new_session=True,
         )
 
     @property
@@ -231,19 +232,41 @@ class SystemUsers:
 
     def remove(self) -> None:
         for user in reversed(self.created_users):
-            subprocess.run(["userdel", user], check=False)
+            # --force: a process of another PID namespace may hold the same uid number (not ours).
+            subprocess.run(["userdel", "--force", user], check=True)
         for group in reversed(self.created_groups):
-            subprocess.run(["groupdel", group], check=False)
+            try:
+                grp.getgrnam(group)
+            except KeyError:
+                continue  # userdel removed it with its same-named user (USERGROUPS_ENAB)
+            subprocess.run(["groupdel", group], check=True)
         self.created_users.clear()
         self.created_groups.clear()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture
 def tta_users() -> Iterator[tuple[str, str]]:
-    """The service account the shipped files name (deploy/logrotate/tta-staging): tta-user:tta-group."""
+    """The accounts the shipped files name (deploy/logrotate/tta-staging): tta-user:tta-group.
+
+    Only for checks that need those exact names (logrotate -d on the unmodified file); held
+    for one test, and removed unless they existed before.
+    """
     users = SystemUsers()
     users.ensure("tta-user", "tta-group")
     try:
         yield "tta-user", "tta-group"
+    finally:
+        users.remove()
+
+
+@pytest.fixture
+def service_account() -> Iterator[tuple[str, str]]:
+    """A real system user + group with a name of its own, for tests that run processes as the
+    service account: other sessions on this host may create or use tta-user concurrently."""
+    name = f"ttaops{os.getpid()}"
+    users = SystemUsers()
+    users.ensure(name, name)
+    try:
+        yield name, name
     finally:
         users.remove()

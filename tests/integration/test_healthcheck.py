@@ -162,10 +162,13 @@ def test_hung_daemon_is_bounded_by_timeout(live: dict[str, Daemon]) -> None:
                 f"❌ Daemon: not reachable at http://127.0.0.1:{s.port}/metrics (timed out)"]
     assert_lines(lines, expected)
     assert rc == 1
-    assert 1 <= elapsed < 4, elapsed
     assert_lines(default_out.splitlines(), expected)
     assert default.returncode == 1
-    assert 5 <= default_elapsed < 9, default_elapsed  # the 5 s default
+    # Both waits end (nothing hangs), no earlier than asked, and the default one about 4 s later.
+    # (Upper bounds are loose: process start-up on a loaded 2-core runner can take seconds.)
+    assert 1 <= elapsed < 15, elapsed
+    assert 5 <= default_elapsed < 20, default_elapsed
+    assert default_elapsed - elapsed > 2.5, (elapsed, default_elapsed)
 
 
 def test_unwritable_dir_read_only_mount(world_tmp: Path) -> None:
