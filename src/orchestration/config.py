@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+import importlib.util
 import ipaddress
 import json
 import os
 import re
 from contextvars import ContextVar
 from functools import lru_cache
-import importlib.util
 from pathlib import Path
 from typing import Any, Literal
 

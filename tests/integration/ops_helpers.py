@@ -7,10 +7,10 @@ users are the kernel's.
 
 from __future__ import annotations
 
+import grp
 import json
 import os
 import pwd
-import grp
 import shutil
 import signal
 import socket

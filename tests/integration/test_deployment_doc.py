@@ -94,7 +94,8 @@ def test_sourcing_with_set_a_exports_and_plain_source_does_not(tmp_path: Path) -
 
 def test_verify_step_one_liner_still_works(tmp_path: Path) -> None:
     """The guide's 'verify component loads' line uses the two import paths runbooks rely on."""
-    line = next(ln for b in code_blocks(DOC) for ln in b.splitlines() if "carbon_component import CarbonComponent" in ln)
+    line = next(ln for b in code_blocks(DOC) for ln in b.splitlines()
+                if "carbon_component import CarbonComponent" in ln)
     (tmp_path / "config.yaml").write_text(f"output_dir: {tmp_path}/out\nstate_dir: {tmp_path}/state\n")
     (tmp_path / "environment").write_text("")
     env = clean_env(TTA_CONFIG=str(tmp_path / "config.yaml"), TTA_ENV_FILE=str(tmp_path / "environment"))

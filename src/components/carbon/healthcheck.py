@@ -124,7 +124,8 @@ def run_check(load: Callable[[], TTAConfig], *, as_json: bool, timeout_s: float,
             checks.extend(live_checks(config, timeout_s))
         # The guide's summary line: it must not say OK while a live check below fails.
         failed = any(c.status == FAIL for c in checks)
-        checks.insert(0, Check("component", FAIL if failed else OK, "Carbon component: " + ("FAILING" if failed else "OK")))
+        summary = "Carbon component: " + ("FAILING" if failed else "OK")
+        checks.insert(0, Check("component", FAIL if failed else OK, summary))
     healthy = not any(c.status == FAIL for c in checks)
     if as_json:
         print(json.dumps({"healthy": healthy, "checks": [asdict(c) for c in checks]}, indent=2))

@@ -25,7 +25,8 @@ from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
 from typing import Any
 
-from src.components.carbon.report import _FILE as EMISSIONS_FILE  # the same files report reads
+# Exactly the names `tta-carbon report` reads.
+from src.components.carbon.report import _FILE as EMISSIONS_FILE
 
 _DATE = slice(len("emissions_"), len("emissions_YYYY-MM-DD"))
 _LIVE_NAME_LEN = len("emissions_YYYY-MM-DD.json")
@@ -48,7 +49,6 @@ class Candidate:
     name: str
     day: date
     size: int
-    mtime: float
     inode: int
 
 
@@ -86,7 +86,7 @@ def make_plan(directory: Path, older_than: timedelta, now: datetime | None = Non
             newest_record = datetime.combine(day + timedelta(days=1), time(0), UTC)
             rotated = len(entry.name) > _LIVE_NAME_LEN
             if newest_record <= cutoff and (not rotated or st.st_mtime <= cutoff.timestamp()):
-                plan.delete.append(Candidate(entry.name, day, st.st_size, st.st_mtime, st.st_ino))
+                plan.delete.append(Candidate(entry.name, day, st.st_size, st.st_ino))
     plan.delete.sort(key=lambda c: (c.day, c.name))
     plan.skipped.sort()
     return plan
