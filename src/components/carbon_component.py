@@ -121,6 +121,20 @@ class CarbonComponent:
         self._last_mono = time.monotonic()
 
     @property
+    def sample_every_s(self) -> float | None:
+        """How often the source must be read between intervals so counters cannot wrap twice unseen."""
+        limit = getattr(self._source, "max_sample_interval_s", None)
+        return limit if limit is not None and limit < self.config.measurement_interval else None
+
+    def sample(self) -> None:
+        """Fold counters into the current interval without ending it (long intervals on RAPL)."""
+        if self._source is not None and hasattr(self._source, "sample"):
+            try:
+                self._source.sample()
+            except Exception as exc:
+                self.health.last_measurement_error = f"{type(exc).__name__}: {exc}"
+
+    @property
     def metrics_port(self) -> int | None:
         return self._server.port if self._server else None
 

@@ -33,6 +33,7 @@ MAX_INTERVAL_S = 3600.0
 DEFAULT_METRICS_PORT = 9880
 
 _layers: ContextVar[list[Layer]] = ContextVar("tta_config_layers", default=[])
+_environ: ContextVar[dict[str, str] | None] = ContextVar("tta_config_environ", default=None)
 
 
 @lru_cache(maxsize=1)
@@ -119,14 +120,18 @@ class TTAConfig(BaseSettings):
         fields = set(cls.model_fields)
         init_kwargs: dict[str, Any] = getattr(init_settings, "init_kwargs", {})
         layers = [Layer("arguments", dict(init_kwargs), {k: f"argument {k}" for k in init_kwargs})]
-        layers.append(environment_layer(dict(os.environ), fields))
-        env_path, env_asked = locate(init_kwargs.get("env_file"), "TTA_ENV_FILE", layers, "env_file", ENV_FILE_DEFAULT)
+        environ = _environ.get()
+        environ = dict(os.environ) if environ is None else environ
+        layers.append(environment_layer(environ, fields))
+        env_path, env_asked = locate(
+            init_kwargs.get("env_file"), "TTA_ENV_FILE", environ, layers, "env_file", ENV_FILE_DEFAULT
+        )
         if env_asked or env_path.exists():
             if not env_path.exists():
                 raise ConfigError(f"environment file {env_path} does not exist (set by TTA_ENV_FILE or --env-file)")
             layers.append(env_file_layer(env_path, fields))
         yaml_path, yaml_asked = locate(
-            init_kwargs.get("config_file"), "TTA_CONFIG", layers, "config_file", CONFIG_FILE_DEFAULT
+            init_kwargs.get("config_file"), "TTA_CONFIG", environ, layers, "config_file", CONFIG_FILE_DEFAULT
         )
         if yaml_asked or yaml_path.exists():
             if not yaml_path.exists():
@@ -191,6 +196,15 @@ class TTAConfig(BaseSettings):
             raise ValueError("no carbon intensity: codecarbon (which ships the country energy mix) is not "
                              "installed; set intensity_g_per_kwh (CARBON_INTENSITY_G_PER_KWH)")
         return self
+
+    @classmethod
+    def load(cls, explicit: dict[str, Any] | None = None, environ: dict[str, str] | None = None) -> TTAConfig:
+        """Like ``TTAConfig(**explicit)``, reading ``environ`` instead of the process environment."""
+        token = _environ.set(environ)
+        try:
+            return cls(**(explicit or {}))
+        finally:
+            _environ.reset(token)
 
     def public_dict(self) -> dict[str, Any]:
         """Settings safe to print or log: secrets masked."""

@@ -6,7 +6,6 @@ names the key, the bad value and *where it came from* (env var, file and line).
 
 from __future__ import annotations
 
-import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -72,18 +71,22 @@ def environment_layer(environ: dict[str, str], fields: set[str]) -> Layer:
     return _env_layer("environment", pairs, fields)
 
 
+def _read_text(path: Path, kind: str) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{kind} {path}: not valid UTF-8 ({exc.reason} at byte {exc.start})") from None
+    except OSError as exc:
+        raise ConfigError(f"{kind} {path}: cannot read: {exc.strerror}") from None
+
+
 def parse_env_file(path: Path) -> dict[str, tuple[str, str]]:
     """Read ``KEY=value`` lines, also accepting the guide's ``export KEY=value``.
 
     systemd's EnvironmentFile= drops ``export`` lines, so we accept them for
     operators who followed the old guide, but ship and document the plain form.
     """
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as exc:
-        raise ConfigError(f"environment file {path}: not valid UTF-8 ({exc.reason} at byte {exc.start})") from None
-    except OSError as exc:
-        raise ConfigError(f"environment file {path}: cannot read: {exc.strerror}") from None
+    text = _read_text(path, "environment file")
     pairs: dict[str, tuple[str, str]] = {}
     for lineno, raw in enumerate(text.splitlines(), start=1):
         line = raw.strip()
@@ -107,12 +110,7 @@ def env_file_layer(path: Path, fields: set[str]) -> Layer:
 
 def yaml_layer(path: Path, fields: set[str]) -> Layer:
     layer = Layer(f"config file {path}")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as exc:
-        raise ConfigError(f"config file {path}: not valid UTF-8 ({exc.reason} at byte {exc.start})") from None
-    except OSError as exc:
-        raise ConfigError(f"config file {path}: cannot read: {exc.strerror}") from None
+    text = _read_text(path, "config file")
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
         data = yaml.safe_load(text)
@@ -135,12 +133,14 @@ def yaml_layer(path: Path, fields: set[str]) -> Layer:
     return layer
 
 
-def locate(explicit: Any, env_key: str, layers: list[Layer], field_name: str, default: Path) -> tuple[Path, bool]:
+def locate(
+    explicit: Any, env_key: str, environ: dict[str, str], layers: list[Layer], field_name: str, default: Path
+) -> tuple[Path, bool]:
     """Find a file path from args, then env, then earlier layers; say whether it was asked for."""
     if explicit not in (None, ""):
         return Path(explicit), True
-    if os.environ.get(env_key):
-        return Path(os.environ[env_key]), True
+    if environ.get(env_key):
+        return Path(environ[env_key]), True
     for layer in layers:
         if layer.values.get(field_name):
             return Path(layer.values[field_name]), True

@@ -21,7 +21,7 @@ def _config_args(parser: argparse.ArgumentParser) -> None:
                         help="override one setting (highest precedence); repeatable, e.g. --set measurement_interval=5")
 
 
-def load_config(args: argparse.Namespace) -> TTAConfig:
+def load_config(args: argparse.Namespace, environ: dict[str, str] | None = None) -> TTAConfig:
     explicit: dict[str, Any] = {}
     if args.local:
         explicit["config_file"] = str(REPO_ROOT / "config" / "local.yaml")
@@ -35,7 +35,24 @@ def load_config(args: argparse.Namespace) -> TTAConfig:
         if not sep or not key.strip():
             raise ConfigError(f"--set {item!r}: expected KEY=VALUE")
         explicit[key.strip()] = value
-    return TTAConfig(**explicit)
+    return TTAConfig.load(explicit, environ)
+
+
+def reload_environ(config: TTAConfig) -> dict[str, str]:
+    """The process environment minus what systemd copied in from the environment file at start.
+
+    systemd's EnvironmentFile= turns the file into process variables, which outrank the
+    file itself; without this, editing the file and reloading would change nothing.
+    """
+    import os
+
+    from src.orchestration.sources import parse_env_file
+
+    try:
+        from_file = parse_env_file(config.env_file) if config.env_file.is_file() else {}
+    except ConfigError:
+        from_file = {}
+    return {k: v for k, v in os.environ.items() if k not in from_file or from_file[k][0] != v}
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -48,7 +65,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"tta-carbon: config error: {exc}", file=sys.stderr)
         return EX_CONFIG
     logs.configure(config.log_level, config.log_file)
-    return Daemon(config, lambda: load_config(args)).run()
+    environ = reload_environ(config)  # decided once, at start: that is when systemd read the file
+    return Daemon(config, lambda: load_config(args, environ)).run()
 
 
 def cmd_check(args: argparse.Namespace) -> int:

@@ -8,8 +8,9 @@ keeping a dead daemon "alive".
 from __future__ import annotations
 
 import os
+import select
 import signal
-import threading
+import socket
 import time
 from collections.abc import Callable
 from types import FrameType
@@ -32,7 +33,11 @@ class Daemon:
         self._load_config = load_config
         self.component = CarbonComponent(config)
         self._notifier = sdnotify.SystemdNotifier()
-        self._wake = threading.Event()
+        # Signal handlers only set flags; the C-level wakeup fd interrupts the wait.
+        # (Taking a lock inside a handler, as Event.set() does, can deadlock the main thread.)
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
         self._stop = False
         self._reload = False
         self._log = logs.get_logger(component="carbon")
@@ -48,9 +53,9 @@ class Daemon:
             self._reload = True
         else:
             self._stop = True
-        self._wake.set()
 
     def run(self) -> int:
+        signal.set_wakeup_fd(self._wake_w.fileno(), warn_on_full_buffer=False)
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(sig, self._on_signal)
         log = self._log
@@ -117,8 +122,12 @@ class Daemon:
             wait = deadline - now
             if self._watchdog_every is not None:
                 wait = min(wait, self._watchdog_every)
-            self._wake.wait(wait)
-            self._wake.clear()
+            sample_every = self.component.sample_every_s
+            if sample_every is not None:
+                wait = min(wait, sample_every)
+            self._sleep(wait)
+            if sample_every is not None and time.monotonic() < deadline:
+                self.component.sample()
 
     def _measure(self, ticks: int) -> None:
         if self._stall_after is not None and ticks > self._stall_after:
@@ -139,6 +148,15 @@ class Daemon:
                             dropped=h.records_dropped)
         self._notifier.notify(f"STATUS={h.status_line()}")
         self._ping_watchdog()
+
+    def _sleep(self, seconds: float) -> None:
+        readable, _, _ = select.select([self._wake_r], [], [], max(0.0, seconds))
+        if readable:
+            try:
+                while self._wake_r.recv(4096):
+                    pass
+            except BlockingIOError:
+                pass
 
     def _ping_watchdog(self) -> None:
         if self._watchdog_every is not None:

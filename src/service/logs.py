@@ -111,4 +111,6 @@ def _bridge_stdlib(level: str) -> None:
 
 
 def get_logger(**bindings: Any) -> Any:
-    return structlog.get_logger().bind(**bindings)
+    # A lazy proxy: it re-reads the configuration on every call, so a level changed
+    # by SIGHUP applies to loggers created before the reload (bind() would freeze it).
+    return structlog.get_logger(**bindings)

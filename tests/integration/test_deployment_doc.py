@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ops_helpers import REPO, clean_env
+from tests.integration.ops_helpers import REPO, clean_env
 
 DOC = REPO / "docs" / "deployment.md"
 FENCE = re.compile(r"^```[^\n]*\n(.*?)^```$", re.M | re.S)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from ops_helpers import REPO, TTA_CARBON, Daemon, Setup, as_user, clean_env, read_only
+from tests.integration.ops_helpers import REPO, TTA_CARBON, Daemon, Setup, as_user, clean_env, read_only
 
 ESTIMATED = "⚠️  Energy method: estimated, not measured (cpu=cpu_load_tdp, ram=constant)"
 HIDDEN = "codecarbon deliberately hidden by this test"

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from ops_helpers import REPO, TTA_CARBON, Daemon, Setup, as_user, clean_env, require_root
+from tests.integration.ops_helpers import REPO, TTA_CARBON, Daemon, Setup, as_user, clean_env, require_root
 
 SHIPPED = REPO / "deploy" / "logrotate" / "tta-staging"
 UNIT = "tta-staging-carbon.service"

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from ops_helpers import REPO, TTA_CARBON, Daemon, Setup, clean_env, free_port, require_root
+from tests.integration.ops_helpers import REPO, TTA_CARBON, Daemon, Setup, clean_env, free_port, require_root
 
 DOC = REPO / "docs" / "operations.md"
 UNIT = "tta-staging-carbon"

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from ops_helpers import REPO, TTA_CARBON, Setup, clean_env
+from tests.integration.ops_helpers import REPO, TTA_CARBON, Setup, clean_env
 from src.components.carbon.prune import make_plan, parse_age
 
 DAY = timedelta(days=1)

@@ -98,7 +98,7 @@ class EmissionsRecord:
             "timestamp": self.interval_end,
             "interval_start": self.interval_start,
             "interval_end": self.interval_end,
-            "duration_s": round(self.duration_s, 6),
+            "duration_s": self.duration_s,
             "seq": self.seq,
             "run_id": self.run_id,
         }

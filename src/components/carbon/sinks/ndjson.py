@@ -46,11 +46,13 @@ class NdjsonSink:
     def write(self, record: EmissionsRecord) -> bool:
         """Queue the record and flush the queue in order; False if anything is still queued."""
         line = json.dumps(record.to_json_dict(), separators=(",", ":"), allow_nan=False) + "\n"
-        if len(self._pending) >= self._max_pending:
-            self._pending.popleft()
-            self.stats.dropped += 1
         self._pending.append((file_name_for(record), line.encode()))
-        return self.flush()
+        if self.flush():
+            return True
+        while len(self._pending) > self._max_pending:
+            self._pending.popleft()  # the bound is what keeps a months-long outage from eating RAM
+            self.stats.dropped += 1
+        return False
 
     def flush(self) -> bool:
         while self._pending:

@@ -57,6 +57,10 @@ class _SnapshotCollector(Collector):
             value=h.last_success_at,
         )
         yield GaugeMetricFamily(
+            "tta_carbon_last_record_sequence",
+            "Sequence number of the last record (matches the NDJSON field seq).", value=self.totals.seq,
+        )
+        yield GaugeMetricFamily(
             "tta_carbon_measurement_interval_seconds", "Configured measurement interval.", value=h.interval_s
         )
         yield CounterMetricFamily("tta_carbon_measurements", "Successful measurements.", value=h.measurements)

@@ -92,6 +92,7 @@ class CodecarbonSource:
     def _start_tracker(self) -> None:
         from codecarbon import OfflineEmissionsTracker
 
+        _quiet_codecarbon_logger()
         try:
             tracker = OfflineEmissionsTracker(
                 country_iso_code=self._country,

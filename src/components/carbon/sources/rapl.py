@@ -168,7 +168,9 @@ def rapl_readable(root: Path = DEFAULT_ROOT) -> tuple[bool, str]:
 def _discover(root: Path) -> list[_Zone]:
     control = root / CONTROL_TYPE
     if not root.is_dir():
-        raise SourceUnavailable(f"RAPL unavailable: no {root} (no powercap support, or no RAPL on this machine, e.g. a VM)")
+        raise SourceUnavailable(
+            f"RAPL unavailable: no {root} (no powercap support, or no RAPL on this machine, e.g. a VM)"
+        )
     if not control.is_dir():
         raise SourceUnavailable(
             f"RAPL unavailable: no {control} (intel_rapl_msr not loaded, or no RAPL on this machine, e.g. a VM)"
@@ -187,7 +189,9 @@ def _discover(root: Path) -> list[_Zone]:
                 zones.append(_make_zone(name, "ram", top))
             # psys and anything unknown: not added (psys contains the packages).
     except PermissionError as exc:
-        raise SourceUnavailable(f"RAPL unavailable: cannot read {exc.filename}: permission denied; {PERMISSION_HINT}") from exc
+        raise SourceUnavailable(
+            f"RAPL unavailable: cannot read {exc.filename}: permission denied; {PERMISSION_HINT}"
+        ) from exc
     except (OSError, ValueError) as exc:
         raise SourceUnavailable(f"RAPL unavailable: {_reason(exc)}") from exc
     if not any(z.component == "cpu" for z in zones):

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# The whole test suite, on a fresh Debian 12 machine (root): installs what the
+# tests use for real (uv, Prometheus + promtool, logrotate, wrk, strace, curl, jq),
+# then runs pytest. README's test command; .ci/run calls exactly this.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need_apt=()
+for tool in promtool:prometheus prometheus:prometheus logrotate:logrotate wrk:wrk strace:strace curl:curl jq:jq \
+            amtool:prometheus-alertmanager prometheus-node-exporter:prometheus-node-exporter hyperfine:hyperfine; do
+  command -v "${tool%%:*}" >/dev/null 2>&1 || need_apt+=("${tool##*:}")
+done
+if [ ${#need_apt[@]} -gt 0 ]; then
+  echo "== installing Debian packages: ${need_apt[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
+fi
+if ! command -v uv >/dev/null 2>&1; then
+  echo "== installing uv"
+  python3 -m pip install -q uv
+fi
+
+echo "== uv sync --frozen"
+uv sync --frozen -q
+
+if [ -x scripts/check_unit_security.sh ]; then
+  echo "== systemd unit exposure score"
+  bash scripts/check_unit_security.sh
+fi
+
+echo "== pytest"
+exec uv run --frozen pytest -q "$@"

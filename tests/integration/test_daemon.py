@@ -1,0 +1,146 @@
+"""The real daemon as a subprocess: records, /metrics, signals, restarts."""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import subprocess
+import urllib.error
+import urllib.request
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.support.daemon import TTA_CARBON, REPO, clean_env
+
+COMPONENTS = ("cpu", "ram", "gpu")
+
+
+def scrape(url: str) -> dict[tuple[str, tuple], float]:
+    with urllib.request.urlopen(url, timeout=5) as resp:
+        assert resp.status == 200
+        assert resp.headers["Content-Type"].startswith("text/plain; version=0.0.4")
+        text = resp.read().decode()
+    samples = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            samples[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return samples
+
+
+def test_records_metrics_and_sigterm(daemon_factory):
+    d = daemon_factory().start()
+    status = d.wait_for_notification("STATUS=power", timeout=10)
+    assert "gCO2eq" in status and "errors: 0 measure / 0 write" in status
+    records = d.wait_for_records(3)
+
+    # Records: contiguous sequence, one run id, self-consistent figures.
+    assert [r["seq"] for r in records] == list(range(1, len(records) + 1))
+    assert len({r["run_id"] for r in records}) == 1
+    for r in records:
+        assert r["interval_end"] == r["timestamp"] and r["timestamp"].endswith("Z")
+        assert 0.5 < r["duration_s"] < 2.0
+        assert r["energy_method"]["cpu"] == "cpu_load_tdp" and r["estimated"] is True
+        assert r["intensity_source"] == "country_mix" and r["intensity_location"] == "FRA"
+        for c in ("cpu", "ram"):
+            assert r["power_w"][c] == pytest.approx(r["energy_j"][c] / r["duration_s"], rel=1e-9)
+            assert r["emissions_g"][c] == pytest.approx(
+                r["energy_j"][c] / 3.6e6 * r["carbon_intensity_g_per_kwh"], rel=1e-9
+            )
+        assert r["energy_j"]["cpu"] > 0 and r["energy_j"]["ram"] > 0
+    running = {c: 0.0 for c in COMPONENTS}
+    for r in records:
+        for c in COMPONENTS:
+            running[c] += r["energy_j"][c]
+            assert r["totals"]["energy_j"][c] == pytest.approx(running[c], rel=1e-12)
+
+    # /metrics parses and agrees exactly with the record it was rendered from.
+    m = scrape(d.url())
+    seq = int(m[("tta_carbon_last_record_sequence", ())])
+    rec = next(r for r in d.records() if r["seq"] == seq)
+    for c in COMPONENTS:
+        assert m[("tta_carbon_energy_joules_total", (("component", c),))] == rec["totals"]["energy_j"][c]
+        assert m[("tta_carbon_emissions_grams_total", (("component", c),))] == rec["totals"]["emissions_g"][c]
+        assert m[("tta_carbon_power_watts", (("component", c),))] == rec["power_w"][c]
+    assert m[("tta_carbon_tracker_available", ())] == 1
+    assert m[("tta_carbon_energy_estimated", ())] == 1
+    assert m[("tta_carbon_write_errors_total", ())] == 0
+    assert m[("tta_carbon_intensity_grams_per_kwh", (("source", "country_mix"),))] == rec["carbon_intensity_g_per_kwh"]
+    assert m[("tta_carbon_output_bytes", ())] > 0
+
+    # SIGTERM: final record covering the tail, exit 0.
+    before = len(d.records())
+    assert d.stop(signal.SIGTERM) == 0
+    after = d.records()
+    assert len(after) == before + 1
+    final = after[-1]
+    assert final["final"] is True and final["seq"] == before + 1
+    assert 0 < final["duration_s"] < 1.5
+    assert any("STOPPING=1" in n for n in d.notifications)
+
+
+def test_sigint_also_writes_final_record_and_restart_continues_totals(daemon_factory):
+    d = daemon_factory("a").start()
+    first = d.wait_for_records(2)
+    assert d.stop(signal.SIGINT) == 0
+    last = d.records()[-1]
+    assert last["final"] is True
+
+    d2 = daemon_factory("a").start()  # same dirs: the state file carries the totals on
+    recs = d2.wait_for_records(len(first) + 2)
+    resumed = next(r for r in recs if r["run_id"] != last["run_id"])
+    assert resumed["seq"] == last["seq"] + 1
+    for c in COMPONENTS:
+        assert resumed["totals"]["energy_j"][c] == pytest.approx(
+            last["totals"]["energy_j"][c] + resumed["energy_j"][c], rel=1e-12)
+    assert d2.stop() == 0
+
+
+def test_port_in_use_exits_69_with_one_line(daemon_factory):
+    holder = socket.socket()
+    holder.bind(("127.0.0.1", 0))
+    holder.listen(1)
+    d = daemon_factory()
+    d.port = holder.getsockname()[1]
+    d.start(wait_ready=False)
+    assert d.proc.wait(30) == 69
+    lines = [ln for ln in d.stderr().splitlines() if ln.startswith("tta-carbon:")]
+    assert lines == [f"tta-carbon: error: cannot listen on 127.0.0.1:{d.port}: Address already in use "
+                     "(set CARBON_METRICS_PORT or metrics_port)"]
+    holder.close()
+
+
+def test_http_paths_and_methods(daemon_factory):
+    d = daemon_factory().start()
+    with pytest.raises(urllib.error.HTTPError) as e404:
+        urllib.request.urlopen(d.url("/nope"), timeout=5)
+    assert e404.value.code == 404
+    req = urllib.request.Request(d.url(), method="POST", data=b"x")
+    with pytest.raises(urllib.error.HTTPError) as e:
+        urllib.request.urlopen(req, timeout=5)
+    assert e.value.code in (400, 405)
+    req = urllib.request.Request(d.url(), method="DELETE")
+    with pytest.raises(urllib.error.HTTPError) as e405:
+        urllib.request.urlopen(req, timeout=5)
+    assert e405.value.code == 405 and e405.value.headers["Allow"] == "GET, HEAD"
+    head = urllib.request.urlopen(urllib.request.Request(d.url(), method="HEAD"), timeout=5)
+    assert head.status == 200 and head.read() == b"" and int(head.headers["Content-Length"]) > 1000
+    health = json.loads(urllib.request.urlopen(d.url("/healthz"), timeout=5).read())
+    assert health["tracker_available"] is True and health["energy_source"] == "codecarbon"
+
+
+def test_bad_config_exits_78_before_creating_anything(tmp_path):
+    out = tmp_path / "out"
+    proc = subprocess.run(
+        [*TTA_CARBON, "run", "--config", "/dev/null", "--env-file", "/dev/null",
+         "--set", f"output_dir={out}", "--set", f"state_dir={tmp_path / 'state'}",
+         "--set", f"log_file={tmp_path / 'carbon.log'}"],
+        cwd=REPO, env=clean_env(CARBON_MEASUREMENT_INTERVAL="0"), capture_output=True, text=True, timeout=60,
+    )
+    assert proc.returncode == 78
+    assert proc.stderr.strip().splitlines() == [
+        "tta-carbon: config error: invalid measurement_interval='0' (environment variable "
+        "CARBON_MEASUREMENT_INTERVAL): Input should be greater than or equal to 1 (allowed: 1 to 3600 seconds)"
+    ]
+    assert list(tmp_path.iterdir()) == []

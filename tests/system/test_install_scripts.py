@@ -1,0 +1,138 @@
+"""scripts/install_staging.sh into a temporary root (no systemd needed): idempotency and
+what happens to an operator's edited config. The in-namespace run with uv sync,
+daemon-reload and the real service is in test_systemd_service.py."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import stat
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from staged import snapshot_repo
+
+REPO = Path(__file__).resolve().parents[2]
+UNIT = "etc/systemd/system/tta-staging-carbon.service"
+
+
+@pytest.fixture(scope="module")
+def src(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    if os.geteuid() != 0:
+        pytest.skip("the installer needs root (useradd, chown)")
+    dest = tmp_path_factory.mktemp("src") / "repo"
+    snapshot_repo(REPO, dest)
+    return dest
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    # Minimal account files of our own: the host's may already list tta-user.
+    r = tmp_path / "root"
+    (r / "etc").mkdir(parents=True)
+    (r / "etc/passwd").write_text("root:x:0:0:root:/root:/bin/bash\n")
+    (r / "etc/group").write_text("root:x:0:\n")
+    (r / "etc/shadow").write_text("root:*:19000:0:99999:7:::\n")
+    (r / "etc/gshadow").write_text("root:*::\n")
+    for f in ("shadow", "gshadow"):
+        (r / "etc" / f).chmod(0o640)
+    return r
+
+
+def install(src: Path, root: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["bash", str(src / "scripts/install_staging.sh"), "--root", str(root), "--src", str(src), "--no-sync", *extra],
+        capture_output=True, text=True, timeout=60,
+    )
+
+
+def tree(root: Path) -> dict[str, tuple]:
+    """Everything a second run could change: type, mode, owner, mtime, content, link target."""
+    out = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            p = Path(dirpath) / name
+            st = p.lstat()
+            body = ""
+            if stat.S_ISREG(st.st_mode):
+                body = hashlib.sha256(p.read_bytes()).hexdigest()
+            elif stat.S_ISLNK(st.st_mode):
+                body = os.readlink(p)
+            out[str(p.relative_to(root))] = (st.st_mode, st.st_uid, st.st_gid, st.st_mtime_ns, body)
+    return out
+
+
+def ids(root: Path) -> tuple[int, int]:
+    user = next(ln for ln in (root / "etc/passwd").read_text().splitlines() if ln.startswith("tta-user:"))
+    group = next(ln for ln in (root / "etc/group").read_text().splitlines() if ln.startswith("tta-group:"))
+    return int(user.split(":")[2]), int(group.split(":")[2])
+
+
+def mode_owner(p: Path) -> tuple[str, int, int]:
+    st = p.stat()
+    return oct(st.st_mode & 0o7777), st.st_uid, st.st_gid
+
+
+def test_first_run_lays_out_the_guide_and_second_run_changes_nothing(src: Path, root: Path) -> None:
+    first = install(src, root)
+    assert first.returncode == 0, first.stderr
+    for line in ("group tta-group: created", "user tta-user: created", "dir /var/log/tta/staging/codecarbon: created",
+                 "config /etc/tta/staging/config.yaml: created", f"file /{UNIT}: created"):
+        assert line in first.stdout, first.stdout
+    uid, gid = ids(root)
+    user = next(ln for ln in (root / "etc/passwd").read_text().splitlines() if ln.startswith("tta-user:"))
+    assert user.endswith(":/nonexistent:/usr/sbin/nologin") and uid < 1000  # system user, no login
+    assert mode_owner(root / "var/log/tta/staging/codecarbon") == ("0o755", uid, gid)
+    assert mode_owner(root / "var/lib/tta/staging") == ("0o750", uid, gid)
+    assert mode_owner(root / "opt/tta/staging") == ("0o755", uid, gid)
+    assert mode_owner(root / "etc/tta/staging") == ("0o750", 0, gid)
+    assert mode_owner(root / "etc/tta/staging/config.yaml") == ("0o640", 0, gid)
+    assert mode_owner(root / UNIT) == ("0o644", 0, 0)
+    assert (root / UNIT).read_bytes() == (src / "deploy/systemd/tta-staging-carbon.service").read_bytes()
+    assert (root / f"{UNIT}.d/10-rapl-read.conf").is_file()
+    # The deployed code is a git checkout (rollback needs one), owned as the guide says.
+    assert (root / "opt/tta/staging/.git").is_dir()
+    assert {p.stat().st_uid for p in (root / "opt/tta/staging").rglob("*")} == {uid}
+
+    before = tree(root)
+    second = install(src, root)
+    assert second.returncode == 0, second.stderr
+    steps = [ln for ln in second.stdout.splitlines() if ": " in ln and not ln.startswith(("done", "skipped"))]
+    assert steps and all(ln.endswith(": unchanged") or ": unchanged (" in ln for ln in steps), second.stdout
+    assert tree(root) == before
+
+
+def test_edited_config_is_kept_reported_and_dist_written(src: Path, root: Path) -> None:
+    assert install(src, root).returncode == 0
+    cfg = root / "etc/tta/staging/config.yaml"
+    edited = cfg.read_text().replace("measurement_interval: 15", "measurement_interval: 30")
+    assert edited != cfg.read_text()
+    cfg.write_text(edited)
+    r = install(src, root)
+    assert r.returncode == 0
+    assert ("config /etc/tta/staging/config.yaml: kept your edited file; the shipped version is in "
+            "/etc/tta/staging/config.yaml.dist (diff them to review)") in r.stdout
+    assert cfg.read_text() == edited
+    dist = cfg.with_name("config.yaml.dist")
+    assert dist.read_bytes() == (src / "config/staging.yaml").read_bytes()
+    # Reported again on the next run, but nothing is rewritten.
+    before = tree(root)
+    again = install(src, root)
+    assert "kept your edited file" in again.stdout and tree(root) == before
+
+
+def test_locally_edited_unit_is_restored(src: Path, root: Path) -> None:
+    # Our files are authoritative; local changes belong in drop-ins (docs/systemd.md).
+    assert install(src, root).returncode == 0
+    (root / UNIT).write_text((root / UNIT).read_text().replace("WatchdogSec=60", "WatchdogSec=0"))
+    r = install(src, root)
+    assert f"file /{UNIT}: updated" in r.stdout
+    assert (root / UNIT).read_bytes() == (src / "deploy/systemd/tta-staging-carbon.service").read_bytes()
+
+
+def test_root_without_passwd_is_refused(src: Path, tmp_path: Path) -> None:
+    r = install(src, tmp_path)
+    assert r.returncode == 1 and "etc/passwd" in r.stderr
+    assert not (tmp_path / "opt").exists()
