@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+import importlib.util
 import ipaddress
 import json
 import os
 import re
 from contextvars import ContextVar
 from functools import lru_cache
-from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
@@ -37,10 +37,27 @@ _environ: ContextVar[dict[str, str] | None] = ContextVar("tta_config_environ", d
 
 
 @lru_cache(maxsize=1)
-def known_country_codes() -> frozenset[str]:
-    """ISO 3166-1 alpha-3 codes for which codecarbon ships an energy mix (no codecarbon import)."""
-    data = resources.files("codecarbon").joinpath("data/private_infra/global_energy_mix.json").read_bytes()
-    return frozenset(json.loads(data))
+def codecarbon_energy_mix() -> dict[str, dict] | None:
+    """codecarbon's bundled per-country energy mix; None when codecarbon is not installed.
+
+    Located with find_spec, which does not run codecarbon/__init__.py: that imports the
+    tracker and pandas (~0.3 s), and raises when codecarbon is broken or missing, which
+    must degrade gracefully rather than crash config loading.
+    """
+    try:
+        spec = importlib.util.find_spec("codecarbon")
+        if spec is None or not spec.submodule_search_locations:
+            return None
+        package = Path(next(iter(spec.submodule_search_locations)))
+        return json.loads((package / "data/private_infra/global_energy_mix.json").read_bytes())
+    except (ImportError, OSError, ValueError):
+        return None
+
+
+def known_country_codes() -> frozenset[str] | None:
+    """ISO 3166-1 alpha-3 codes for which codecarbon ships an energy mix; None if unknown."""
+    mix = codecarbon_energy_mix()
+    return None if mix is None else frozenset(mix)
 
 
 class _LayerSource(PydanticBaseSettingsSource):
@@ -151,7 +168,8 @@ class TTAConfig(BaseSettings):
         if not isinstance(value, str):
             return value
         code = value.strip().upper()
-        if not re.fullmatch(r"[A-Z]{3}", code) or code not in known_country_codes():
+        known = known_country_codes()
+        if not re.fullmatch(r"[A-Z]{3}", code) or (known is not None and code not in known):
             raise ValueError("must be a known ISO 3166-1 alpha-3 country code such as USA, FRA or DEU")
         return code
 
@@ -173,6 +191,13 @@ class TTAConfig(BaseSettings):
     def _online_needs_token(self) -> TTAConfig:
         if not self.offline and self.electricitymaps_token is None:
             raise ValueError("offline=false needs electricitymaps_token (CARBON_ELECTRICITYMAPS_TOKEN)")
+        return self
+
+    @model_validator(mode="after")
+    def _intensity_available(self) -> TTAConfig:
+        if self.intensity_g_per_kwh is None and codecarbon_energy_mix() is None:
+            raise ValueError("no carbon intensity: codecarbon (which ships the country energy mix) is not "
+                             "installed; set intensity_g_per_kwh (CARBON_INTENSITY_G_PER_KWH)")
         return self
 
     @classmethod

@@ -121,6 +121,10 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--json", action="store_true", help="machine-readable output")
     report.add_argument("--by", choices=["day", "component"], default="day", help="table grouping (default day)")
     report.set_defaults(func=cmd_report)
+
+    from src.components.carbon.prune import add_parser as add_prune_parser
+
+    add_prune_parser(sub, _config_args, load_config)
     return parser
 
 

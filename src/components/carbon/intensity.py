@@ -2,22 +2,15 @@
 
 from __future__ import annotations
 
-import json
-from functools import lru_cache
-from importlib import resources
-
 from src.components.carbon.record import Intensity
-
-
-@lru_cache(maxsize=1)
-def _energy_mix() -> dict[str, dict]:
-    # Read codecarbon's bundled data directly: importing its tracker pulls in pandas.
-    raw = resources.files("codecarbon").joinpath("data/private_infra/global_energy_mix.json").read_bytes()
-    return json.loads(raw)
+from src.orchestration.config import codecarbon_energy_mix
 
 
 def country_mix_intensity(country_iso_code: str) -> Intensity:
-    entry = _energy_mix()[country_iso_code]
+    mix = codecarbon_energy_mix()
+    if mix is None:  # TTAConfig refuses this combination; keep the message if called directly
+        raise LookupError("codecarbon's country energy mix is unavailable (codecarbon not installed)")
+    entry = mix[country_iso_code]
     return Intensity(float(entry["carbon_intensity"]), "country_mix", country_iso_code)
 
 

@@ -1,0 +1,310 @@
+"""`tta-carbon check` / scripts/health_check_carbon.py against a real daemon and real failures.
+
+Each case asserts every output line exactly (numbers that depend on timing are matched by
+a pattern and range-checked) and the exit code: 0 healthy, 1 failing; a warning alone is 0.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from tests.integration.ops_helpers import REPO, TTA_CARBON, Daemon, Setup, as_user, clean_env, read_only
+
+ESTIMATED = "⚠️  Energy method: estimated, not measured (cpu=cpu_load_tdp, ram=constant)"
+HIDDEN = "codecarbon deliberately hidden by this test"
+
+
+def today_file() -> str:
+    return f"emissions_{datetime.now(UTC):%Y-%m-%d}.json"
+
+
+def assert_lines(actual: list[str], expected: list[str | tuple[str, int, int]]) -> None:
+    """Exact lines; a (regex, lo, hi) tuple must fullmatch and its one number lie in [lo, hi]."""
+    assert len(actual) == len(expected), "\n".join(actual)
+    for got, want in zip(actual, expected, strict=True):
+        if isinstance(want, str):
+            assert got == want
+        else:
+            pattern, lo, hi = want
+            m = re.fullmatch(pattern, got)
+            assert m, f"{got!r} !~ {pattern!r}"
+            assert lo <= int(m.group(1)) <= hi, got
+
+
+def static_ok(s: Setup) -> list[str]:
+    return [f"✅ Output directory writable: {s.out}", "✅ codecarbon library: Available", "✅ Configuration: Valid"]
+
+
+@pytest.fixture(scope="module")
+def live() -> Iterator[dict[str, Daemon]]:
+    """Two daemons started together (they share the start-up cost): one healthy, one whose
+    measurement loop hangs after the first interval while its HTTP thread keeps answering."""
+    root = Path(tempfile.mkdtemp(prefix="tta-hc-"))
+    root.chmod(0o755)
+    (root / "healthy").mkdir()
+    (root / "stalled").mkdir()
+    started = {
+        "healthy": Daemon(Setup(root / "healthy")),
+        "stalled": Daemon(Setup(root / "stalled"), env=clean_env(TTA_CARBON_TEST_FAULT="stall-after:1")),
+    }
+    try:
+        yield started
+    finally:
+        started["healthy"].stop()
+        started["stalled"].stop(signal.SIGKILL)  # hung on purpose: only a kill ends it (as the watchdog would)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def test_healthy(live: dict[str, Daemon]) -> None:
+    d = live["healthy"]
+    d.wait_records(2)
+    s = d.setup
+    rc, lines, _ = s.check()
+    assert_lines(lines, [
+        "✅ Carbon component: OK",
+        *static_ok(s),
+        f"✅ Daemon: /metrics reachable at http://127.0.0.1:{s.port}/metrics",
+        (r"✅ Last measurement: (\d+)s ago \(interval 1s\)", 0, 3),
+        (rf"✅ Today's records: {today_file()} updated (\d+)s ago", 0, 3),
+        "✅ Write errors: 0",
+        ESTIMATED,  # a warning: still healthy
+    ])
+    assert rc == 0
+
+
+def test_healthy_json(live: dict[str, Daemon]) -> None:
+    d = live["healthy"]
+    d.wait_records(2)
+    rc, lines, _ = d.setup.check("--json")
+    doc = json.loads("\n".join(lines))
+    assert doc["healthy"] is True
+    assert [(c["name"], c["status"]) for c in doc["checks"]] == [
+        ("component", "ok"), ("output_dir", "ok"), ("codecarbon", "ok"), ("configuration", "ok"),
+        ("daemon", "ok"), ("measurement", "ok"), ("records", "ok"), ("write_errors", "ok"), ("energy_method", "warn"),
+    ]
+    assert doc["checks"][-1]["line"] == ESTIMATED.removeprefix("⚠️  ")
+    assert rc == 0
+
+
+def test_guide_script_is_the_same_check(live: dict[str, Daemon]) -> None:
+    """The runbook line (fixed: with `uv run`) runs the same implementation as `tta-carbon check`."""
+    uv = shutil.which("uv")
+    if uv is None:
+        pytest.skip("uv not on PATH")
+    d = live["healthy"]
+    d.wait_records(2)
+    proc = subprocess.run([uv, "run", "--offline", "python", "scripts/health_check_carbon.py", *d.setup.args()],
+                          capture_output=True, text=True, cwd=REPO, env=clean_env(), timeout=60)
+    rc, lines, _ = d.setup.check()
+    strip = lambda ls: [re.sub(r"\d+s ago", "Ns ago", x) for x in ls]  # noqa: E731
+    assert strip(proc.stdout.splitlines()) == strip(lines)
+    assert proc.returncode == rc == 0
+
+
+def test_stale_measurements_while_http_answers(live: dict[str, Daemon]) -> None:
+    d = live["stalled"]
+    h = d.wait_for(lambda h: h["measurements"] >= 1 and time.time() - h["last_success_at"] > 3.5,
+                   "the loop to stall for more than 3 intervals")
+    assert h["measurements"] == 1  # the loop really stopped; /healthz still answers
+    s = d.setup
+    rc, lines, _ = s.check()
+    assert_lines(lines, [
+        "❌ Carbon component: FAILING",
+        *static_ok(s),
+        f"✅ Daemon: /metrics reachable at http://127.0.0.1:{s.port}/metrics",
+        (r"❌ Last measurement: stale, (\d+)s ago \(more than 3 intervals of 1s\)", 4, 30),
+        (rf"❌ Today's records: {today_file()} last updated (\d+)s ago", 4, 30),
+        "✅ Write errors: 0",
+        ESTIMATED,
+    ])
+    assert rc == 1
+
+
+def test_daemon_down(world_tmp: Path) -> None:
+    s = Setup(world_tmp)
+    s.out.mkdir()
+    rc, lines, _ = s.check()
+    assert_lines(lines, [
+        "❌ Carbon component: FAILING",
+        *static_ok(s),
+        f"❌ Daemon: not reachable at http://127.0.0.1:{s.port}/metrics (Connection refused)",
+    ])
+    assert rc == 1
+
+
+def test_hung_daemon_is_bounded_by_timeout(live: dict[str, Daemon]) -> None:
+    """SIGSTOP: the kernel still accepts the connection, nobody answers; --timeout bounds the wait."""
+    d = live["healthy"]
+    d.wait_records(1)
+    s = d.setup
+    d.proc.send_signal(signal.SIGSTOP)
+    try:
+        t0 = time.monotonic()  # the default-timeout check runs alongside the --timeout 1 one
+        default = subprocess.Popen([TTA_CARBON, "check", *s.args()], stdout=subprocess.PIPE, text=True,
+                                   env=clean_env(), cwd=REPO)
+        rc, lines, elapsed = s.check("--timeout", "1")
+        default_out, _ = default.communicate(timeout=30)
+        default_elapsed = time.monotonic() - t0
+    finally:
+        d.proc.send_signal(signal.SIGCONT)
+    expected = ["❌ Carbon component: FAILING", *static_ok(s),
+                f"❌ Daemon: not reachable at http://127.0.0.1:{s.port}/metrics (timed out)"]
+    assert_lines(lines, expected)
+    assert rc == 1
+    assert_lines(default_out.splitlines(), expected)
+    assert default.returncode == 1
+    # Both waits end (nothing hangs), no earlier than asked, and the default one about 4 s later.
+    # (Upper bounds are loose: process start-up on a loaded 2-core runner can take seconds.)
+    assert 1 <= elapsed < 15, elapsed
+    assert 5 <= default_elapsed < 20, default_elapsed
+    assert default_elapsed - elapsed > 2.5, (elapsed, default_elapsed)
+
+
+def test_unwritable_dir_read_only_mount(world_tmp: Path) -> None:
+    s = Setup(world_tmp)
+    s.out.mkdir()
+    rc, lines, _ = s.check("--no-daemon", wrap=read_only(s.out))
+    assert_lines(lines, [
+        "❌ Carbon component: FAILING",
+        f"❌ Cannot write to output directory: cannot write to {s.out}: Read-only file system",
+        "✅ codecarbon library: Available",
+        "✅ Configuration: Valid",
+    ])
+    assert rc == 1
+    assert list(s.out.iterdir()) == []
+
+
+def test_unwritable_dir_as_unprivileged_user(world_tmp: Path) -> None:
+    """The production mistake: output dir owned by root (0755), check run as the service user."""
+    s = Setup(world_tmp)
+    s.out.mkdir(mode=0o755)
+    rc, lines, _ = s.check("--no-daemon", wrap=as_user("nobody", "nogroup"))
+    assert_lines(lines, [
+        "❌ Carbon component: FAILING",
+        f"❌ Cannot write to output directory: cannot write to {s.out}: Permission denied",
+        "✅ codecarbon library: Available",
+        "✅ Configuration: Valid",
+    ])
+    assert rc == 1
+
+
+def test_missing_dir(world_tmp: Path) -> None:
+    s = Setup(world_tmp)
+    rc, lines, _ = s.check("--no-daemon")
+    assert_lines(lines, [
+        "❌ Carbon component: FAILING",
+        f"❌ Output directory does not exist: {s.out}",
+        "✅ codecarbon library: Available",
+        "✅ Configuration: Valid",
+    ])
+    assert rc == 1
+    assert not s.out.exists()  # the check never creates it
+
+
+def test_path_is_a_file(world_tmp: Path) -> None:
+    s = Setup(world_tmp)
+    s.out.write_text("not a directory\n")
+    rc, lines, _ = s.check()
+    assert lines == [f"❌ Configuration: invalid: invalid output_dir='{s.out}' (argument output_dir): "
+                     "exists and is not a directory"]
+    assert rc == 1
+
+
+def test_config_invalid(world_tmp: Path) -> None:
+    s = Setup(world_tmp)
+    s.out.mkdir()
+    s.config.write_text("# staging\nmeasurement_interval: 0\n")
+    del s.sets["measurement_interval"]
+    rc, lines, _ = s.check()
+    assert lines == [f"❌ Configuration: invalid: invalid measurement_interval=0 ({s.config} line 2): "
+                     "Input should be greater than or equal to 1 (allowed: 1 to 3600 seconds)"]
+    assert rc == 1
+
+
+# -- codecarbon missing: faked at the library boundary only -----------------------------------
+
+def hide_codecarbon(root: Path) -> dict[str, str]:
+    fake = root / "no-codecarbon" / "codecarbon"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text(f"raise ImportError({HIDDEN!r})\n")
+    return clean_env(PYTHONPATH=str(fake.parent))
+
+
+def fake_rapl(root: Path) -> Path:
+    """The layout the kernel's powercap driver uses; the only thing faked is hardware."""
+    zone = root / "powercap" / "intel-rapl" / "intel-rapl:0"
+    zone.mkdir(parents=True)
+    (zone / "name").write_text("package-0\n")
+    (zone / "energy_uj").write_text("1000000\n")
+    (zone / "max_energy_range_uj").write_text("262143328850\n")
+    return root / "powercap"
+
+
+def test_codecarbon_missing_is_a_warning(world_tmp: Path) -> None:
+    s = Setup(world_tmp)
+    s.out.mkdir()
+    rc, lines, _ = s.check("--no-daemon", env=hide_codecarbon(world_tmp), overrides={"intensity_g_per_kwh": "250"})
+    assert_lines(lines, [
+        "✅ Carbon component: OK",
+        f"✅ Output directory writable: {s.out}",
+        f"⚠️  codecarbon library: Not available (graceful degradation): ImportError: {HIDDEN}",
+        "✅ Configuration: Valid",
+    ])
+    assert rc == 0
+
+
+def test_codecarbon_missing_without_intensity_is_a_config_error(world_tmp: Path) -> None:
+    s = Setup(world_tmp)
+    s.out.mkdir()
+    rc, lines, _ = s.check("--no-daemon", env=hide_codecarbon(world_tmp))
+    assert lines == ["❌ Configuration: invalid: invalid configuration: no carbon intensity: codecarbon (which "
+                     "ships the country energy mix) is not installed; set intensity_g_per_kwh "
+                     "(CARBON_INTENSITY_G_PER_KWH)"]
+    assert rc == 1
+
+
+def test_codecarbon_missing_daemon_measures_with_rapl(world_tmp: Path, daemons: list[Daemon]) -> None:
+    """Graceful degradation end to end: no codecarbon, RAPL readable -> healthy and measured."""
+    s = Setup(world_tmp)
+    env = hide_codecarbon(world_tmp)
+    extra = {"intensity_g_per_kwh": "250", "powercap_root": str(fake_rapl(world_tmp))}
+    d = Daemon(s, env=env, **extra)
+    daemons.append(d)
+    d.wait_records(1)
+    rc, lines, _ = s.check(env=env, overrides=extra)
+    assert_lines(lines, [
+        "✅ Carbon component: OK",
+        f"✅ Output directory writable: {s.out}",
+        f"⚠️  codecarbon library: Not available (graceful degradation): ImportError: {HIDDEN}",
+        "✅ Configuration: Valid",
+        f"✅ Daemon: /metrics reachable at http://127.0.0.1:{s.port}/metrics",
+        (r"✅ Last measurement: (\d+)s ago \(interval 1s\)", 0, 3),
+        (rf"✅ Today's records: {today_file()} updated (\d+)s ago", 0, 3),
+        "✅ Write errors: 0",
+        "✅ Energy method: measured (cpu=rapl)",
+    ])
+    assert rc == 0
+
+
+def test_codecarbon_missing_and_no_rapl_fails_on_energy_source(world_tmp: Path, daemons: list[Daemon]) -> None:
+    s = Setup(world_tmp)
+    env = hide_codecarbon(world_tmp)
+    extra = {"intensity_g_per_kwh": "250", "powercap_root": str(world_tmp / "no-powercap")}
+    d = Daemon(s, env=env, **extra)
+    daemons.append(d)
+    d.wait_for(lambda h: True, "/healthz")
+    rc, lines, _ = s.check(env=env, overrides=extra)
+    assert f"❌ Energy source: unavailable: codecarbon cannot be imported: ImportError: {HIDDEN}" in lines
+    assert lines[0] == "❌ Carbon component: FAILING"
+    assert rc == 1

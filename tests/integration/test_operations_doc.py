@@ -1,0 +1,137 @@
+"""Runs docs/operations.md: every `bash local` block, as written, against a throwaway install.
+
+The install is a git clone of this repository (plus uncommitted edits) with `uv sync --frozen`,
+config from config/staging.yaml + config/environment, and a real daemon running this code.
+Only locations are rewritten: /opt, /etc, /var paths into a temp dir, port 9880 to a free
+port, `<commit>` to the clone's commit, the account to one made for the test, and logrotate
+gets a private state file. The
+`bash systemd` blocks need systemd as PID 1 (tests/system/ covers them); here they are only
+checked to hold nothing else. `bash script` blocks are the colleagues' scripts' own tests.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import tarfile
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from tests.integration.ops_helpers import REPO, TTA_CARBON, Daemon, Setup, clean_env, free_port, require_root
+
+DOC = REPO / "docs" / "operations.md"
+UNIT = "tta-staging-carbon"
+FENCE = re.compile(r"^```([^\n]*)\n(.*?)^```$", re.M | re.S)
+
+
+def blocks(text: str) -> list[tuple[str, str]]:
+    return [(m.group(1).strip(), m.group(2)) for m in FENCE.finditer(text)]
+
+
+def test_every_block_is_tagged_and_systemd_blocks_hold_only_systemd_commands() -> None:
+    found = blocks(DOC.read_text())
+    assert found, "no code blocks found"
+    for tag, body in found:
+        assert tag in {"bash local", "bash systemd", "bash script", "text output"}, f"untagged block: {tag!r}"
+        lines = [ln for ln in body.splitlines() if ln.strip()]
+        if tag == "bash systemd":
+            for ln in lines:
+                assert re.fullmatch(rf"(systemctl|journalctl) .*\b{UNIT}\b.*", ln), ln
+                assert not re.search(r"\btta-staging\b(?!-carbon)", ln), ln  # the seed guide's wrong unit
+        if tag == "bash script":
+            for ln in lines:
+                assert re.fullmatch(r"scripts/(install|rollback)_staging\.sh( .*)?", ln), ln
+
+
+def normalise(text: str) -> str:
+    text = re.sub(r"\d+s ago", "Ns ago", text)
+    text = re.sub(r"interval \d+s", "interval Ns", text)
+    return re.sub(r"emissions_\d{4}-\d\d-\d\d", "emissions_DATE", text)
+
+
+def test_local_blocks_run_against_a_local_install(service_account: tuple[str, str], world_tmp: Path) -> None:
+    require_root()
+    if shutil.which("uv") is None:
+        pytest.skip("uv not on PATH")
+    user, group = service_account
+    root, port = world_tmp, free_port()
+    opt = root / "opt/tta/staging"
+    etc = root / "etc/tta/staging"
+    logdir = root / "var/log/tta/staging"
+    state = root / "var/lib/tta/staging"
+
+    def relocate(text: str) -> str:
+        for path in ("/opt/tta/staging", "/etc/tta/staging", "/var/log/tta/staging", "/var/lib/tta/staging",
+                     "/etc/logrotate.d/tta-staging", "/var/backups/tta"):
+            text = text.replace(path, f"{root}{path}")
+        return text.replace("9880", str(port))
+
+    # -- config, directories and the daemon (as systemd would run it) ----------------------
+    env = clean_env(UV_OFFLINE="1", TTA_CONFIG=f"{etc}/config.yaml", TTA_ENV_FILE=f"{etc}/environment")
+    etc.mkdir(parents=True)
+    (etc / "config.yaml").write_text(relocate((REPO / "config/staging.yaml").read_text()))
+    (etc / "environment").write_text(
+        relocate((REPO / "config/environment").read_text()).replace("CARBON_MEASUREMENT_INTERVAL=15",
+                                                                     "CARBON_MEASUREMENT_INTERVAL=1"))
+    (root / "etc/logrotate.d").mkdir()
+    rotate_conf = root / "etc/logrotate.d/tta-staging"
+    rotate_conf.write_text(relocate((REPO / "deploy/logrotate/tta-staging").read_text())
+                           .replace("su tta-user tta-group", f"su {user} {group}"))
+    rotate_conf.chmod(0o644)
+    for d in (logdir, logdir / "codecarbon", state):
+        d.mkdir(parents=True, mode=0o755)
+        shutil.chown(d, user, group)
+    old_day = datetime.now(UTC).date() - timedelta(weeks=13)
+    old_file = logdir / "codecarbon" / f"emissions_{old_day}.json"
+    old_file.write_text('{"run_id":"old","seq":1}\n')
+    (root / "scratch").mkdir()
+    # The daemon runs this checkout's code (it starts while the install below is made).
+    daemon = Daemon(Setup(root / "scratch", port=port), env=env, argv=[TTA_CARBON, "run"])
+    try:
+        # -- the install the blocks use: a clone (plus uncommitted edits) + uv sync --frozen --
+        subprocess.run(["git", "clone", "-q", str(REPO), str(opt)], check=True)
+        listed = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=REPO, check=True,
+                                capture_output=True).stdout.decode().split("\0")
+        for rel in filter(None, listed):
+            src = REPO / rel
+            if src.is_file() and not src.is_symlink():
+                (opt / rel).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(src, opt / rel)
+        env.pop("PYTHONDONTWRITEBYTECODE", None)  # a real install keeps .pyc files: blocks start faster
+        subprocess.run(["uv", "sync", "--frozen", "--quiet"], cwd=opt, env=env, check=True, timeout=120)
+        daemon.wait_records(1)
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=opt, capture_output=True, text=True,
+                                check=True).stdout.strip()
+        found = blocks(DOC.read_text())
+        ran = 0
+        for i, (tag, body) in enumerate(found):
+            if tag != "bash local":
+                continue
+            script = relocate(body).replace("<commit>", commit)
+            script = re.sub(r"^logrotate ", f"logrotate -s {root}/logrotate.status ", script, flags=re.M)
+            proc = subprocess.run(["bash", "-e", "-o", "pipefail", "-c", script], cwd=root, env=env,
+                                  capture_output=True, text=True, timeout=120)
+            assert proc.returncode == 0, f"block {i}:\n{script}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+            ran += 1
+            if i + 1 < len(found) and found[i + 1][0] == "text output":
+                want = normalise(relocate(found[i + 1][1])).splitlines()
+                got = normalise(proc.stdout).splitlines()
+                energy = [ln for ln in got if "Energy method:" in ln]
+                assert [ln for ln in got if "Energy method:" not in ln] == \
+                       [ln for ln in want if "Energy method:" not in ln]
+                assert len(energy) == 1 and energy[0].startswith(("⚠️  Energy method: estimated", "✅ Energy method"))
+        assert ran >= 10
+        assert daemon.health()["write_errors"] == 0
+    finally:
+        assert daemon.stop() == 0
+
+    # What the blocks were meant to do, they did:
+    assert not old_file.exists()  # retention: pruned ...
+    archives = list((root / "var/backups/tta").glob("carbon-*.tar.gz"))
+    assert len(archives) == 1
+    with tarfile.open(archives[0]) as tar:  # ... after archiving it
+        assert tar.getnames() == [old_file.name]
+    assert (logdir / "carbon.log.1").exists()  # logrotate -f rotated the log
