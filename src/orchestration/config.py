@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import importlib.util
 import ipaddress
-import json
 import os
 import re
 from contextvars import ContextVar
-from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
@@ -16,6 +13,7 @@ from pydantic import Field, SecretStr, ValidationError, field_validator, model_v
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from src.components.carbon.reference_data import energy_mix
 from src.orchestration.sources import (
     CONFIG_FILE_DEFAULT,
     ENV_FILE_DEFAULT,
@@ -36,27 +34,9 @@ _layers: ContextVar[list[Layer]] = ContextVar("tta_config_layers", default=[])
 _environ: ContextVar[dict[str, str] | None] = ContextVar("tta_config_environ", default=None)
 
 
-@lru_cache(maxsize=1)
-def codecarbon_energy_mix() -> dict[str, dict] | None:
-    """codecarbon's bundled per-country energy mix; None when codecarbon is not installed.
-
-    Located with find_spec, which does not run codecarbon/__init__.py: that imports the
-    tracker and pandas (~0.3 s), and raises when codecarbon is broken or missing, which
-    must degrade gracefully rather than crash config loading.
-    """
-    try:
-        spec = importlib.util.find_spec("codecarbon")
-        if spec is None or not spec.submodule_search_locations:
-            return None
-        package = Path(next(iter(spec.submodule_search_locations)))
-        return json.loads((package / "data/private_infra/global_energy_mix.json").read_bytes())
-    except (ImportError, OSError, ValueError):
-        return None
-
-
 def known_country_codes() -> frozenset[str] | None:
     """ISO 3166-1 alpha-3 codes for which codecarbon ships an energy mix; None if unknown."""
-    mix = codecarbon_energy_mix()
+    mix = energy_mix()
     return None if mix is None else frozenset(mix)
 
 
@@ -195,7 +175,7 @@ class TTAConfig(BaseSettings):
 
     @model_validator(mode="after")
     def _intensity_available(self) -> TTAConfig:
-        if self.intensity_g_per_kwh is None and codecarbon_energy_mix() is None:
+        if self.intensity_g_per_kwh is None and energy_mix() is None:
             raise ValueError("no carbon intensity: codecarbon (which ships the country energy mix) is not "
                              "installed; set intensity_g_per_kwh (CARBON_INTENSITY_G_PER_KWH)")
         return self

@@ -165,7 +165,10 @@ def test_codecarbon_broken_keeps_serving_and_says_so(daemon_factory, tmp_path):
     d = daemon_factory(settings={"energy_source": "codecarbon", "intensity_g_per_kwh": "300"},
                        env={"PYTHONPATH": str(shim.parent)})
     d.start()
-    health = json.loads(urllib.request.urlopen(d.url("/healthz"), timeout=5).read())
+    with pytest.raises(urllib.error.HTTPError) as unhealthy:
+        urllib.request.urlopen(d.url("/healthz"), timeout=5)
+    assert unhealthy.value.code == 503
+    health = json.loads(unhealthy.value.read())
     assert health["tracker_available"] is False
     assert health["tracker_error"] == (
         "codecarbon cannot be imported: ImportError: simulated broken codecarbon install")

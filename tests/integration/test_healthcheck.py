@@ -297,10 +297,25 @@ def test_codecarbon_missing_daemon_measures_with_rapl(world_tmp: Path, daemons: 
     assert rc == 0
 
 
-def test_codecarbon_missing_and_no_rapl_fails_on_energy_source(world_tmp: Path, daemons: list[Daemon]) -> None:
+def test_codecarbon_missing_no_rapl_still_estimates(world_tmp: Path, daemons: list[Daemon]) -> None:
+    """The default estimate needs no codecarbon import: it degrades to the documented default TDP."""
     s = Setup(world_tmp)
     env = hide_codecarbon(world_tmp)
     extra = {"intensity_g_per_kwh": "250", "powercap_root": str(world_tmp / "no-powercap")}
+    d = Daemon(s, env=env, **extra)
+    daemons.append(d)
+    d.wait_records(1)
+    rc, lines, _ = s.check(env=env, overrides=extra)
+    assert "⚠️  Energy method: estimated, not measured (cpu=cpu_load_tdp, ram=constant)" in lines
+    assert lines[0] == "✅ Carbon component: OK"
+    assert rc == 0
+
+
+def test_codecarbon_source_missing_fails_on_energy_source(world_tmp: Path, daemons: list[Daemon]) -> None:
+    s = Setup(world_tmp)
+    env = hide_codecarbon(world_tmp)
+    extra = {"intensity_g_per_kwh": "250", "powercap_root": str(world_tmp / "no-powercap"),
+             "energy_source": "codecarbon"}
     d = Daemon(s, env=env, **extra)
     daemons.append(d)
     d.wait_for(lambda h: True, "/healthz")

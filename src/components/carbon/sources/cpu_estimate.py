@@ -21,10 +21,10 @@ import os
 import re
 import time
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 
 from src.components.carbon.record import ComponentEnergy, IntervalEnergy, SourceUnavailable
+from src.components.carbon.reference_data import codecarbon_data_file
 
 DEFAULT_WATTS_PER_THREAD = 4.0  # codecarbon's fallback for CPUs missing from its table
 IDLE_FRACTION = 0.1
@@ -63,9 +63,10 @@ def lookup_tdp(model: str) -> float | None:
 
     Like codecarbon's non-greedy matching: an ambiguous match gives no answer rather than a wrong one.
     """
-    if not model:
+    table_path = codecarbon_data_file("hardware/cpu_power.csv")
+    if not model or table_path is None:
         return None
-    table = resources.files("codecarbon").joinpath("data/hardware/cpu_power.csv").read_text()
+    table = table_path.read_text()
     wanted = _tokens(model)
     exact, partial = None, []
     for row in csv.DictReader(io.StringIO(table)):
