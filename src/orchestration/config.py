@@ -25,6 +25,9 @@ from src.orchestration.sources import (
     env_name,
     environment_layer,
     locate,
+    looks_secret,
+    short_repr,
+    show,
     yaml_layer,
 )
 
@@ -184,11 +187,12 @@ def _describe(exc: ValidationError, layers: list[Layer]) -> str:
         origin = next((layer.origins[key] for layer in layers if key in layer.origins), None)
         if origin is None:
             origin = "default" if key in TTAConfig.model_fields else "unknown source"
+        origin = show(origin)
         raw = err.get("input")
-        shown = "***" if key == "electricitymaps_token" else _short(raw)
+        shown = "***" if key == "electricitymaps_token" or looks_secret(key) else short_repr(raw)
         msg = err.get("msg", "invalid").removeprefix("Value error, ")
         if err.get("type") == "extra_forbidden":
-            lines.append(f"unknown setting {key}={shown} ({origin})")
+            lines.append(f"unknown setting {show(key)}={shown} ({origin})")
         elif key == "config":
             lines.append(f"invalid configuration: {msg}")
         else:
@@ -198,8 +202,3 @@ def _describe(exc: ValidationError, layers: list[Layer]) -> str:
                 origin = f"default; override with {env_name(key)}"
             lines.append(f"invalid {key}={shown} ({origin}): {msg}")
     return "; ".join(lines)
-
-
-def _short(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+import reprlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,12 +22,33 @@ CONFIG_FILE_DEFAULT = Path("/etc/tta/staging/config.yaml")
 SPECIAL_ENV_NAMES = {"env": "TTA_ENV", "config_file": "TTA_CONFIG", "env_file": "TTA_ENV_FILE"}
 # Settings that only make sense outside the YAML file (they locate the files).
 LOCATOR_FIELDS = frozenset({"config_file", "env_file"})
+# Names that probably hold a secret: their values never appear in an error, even misspelt.
+_SECRET_NAME = re.compile(r"token|secret|passw|api_?key|credential", re.IGNORECASE)
+_REPR = reprlib.Repr(maxlevel=2, maxlist=4, maxtuple=4, maxdict=4, maxset=4, maxstring=160, maxlong=40, maxother=80)
 
 _ENV_LINE = re.compile(r"^(?:export\s+)?([A-Za-z_][A-Za-z0-9_]*)\s*=\s*(.*)$")
 
 
 class ConfigError(Exception):
     """A configuration problem; ``str()`` is one line an operator can act on."""
+
+
+def show(text: Any) -> str:
+    """A path or name as written (quoted with escapes if it holds a newline or other control character), bounded."""
+    text = str(text)
+    if not text.isprintable():
+        text = repr(text)
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
+def short_repr(value: Any) -> str:
+    """A bounded, one-line repr: never walks a huge (or alias-bombed) YAML structure."""
+    text = _REPR.repr(value)
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
+def looks_secret(text: str) -> bool:
+    return bool(_SECRET_NAME.search(text))
 
 
 @dataclass
@@ -61,7 +83,10 @@ def _env_layer(name: str, pairs: dict[str, tuple[str, str]], fields: set[str]) -
         if target is None:
             continue
         if target.startswith("?"):
-            raise ConfigError(f"unknown setting {key}={value!r} ({origin}); see docs/configuration.md for valid names")
+            shown = "***" if looks_secret(key) else short_repr(value)
+            raise ConfigError(
+                f"unknown setting {show(key)}={shown} ({show(origin)}); see docs/configuration.md for valid names"
+            )
         layer.values[target] = value
         layer.origins[target] = origin
     return layer
@@ -78,12 +103,13 @@ def parse_env_file(path: Path) -> dict[str, tuple[str, str]]:
     systemd's EnvironmentFile= drops ``export`` lines, so we accept them for
     operators who followed the old guide, but ship and document the plain form.
     """
+    name = show(path)
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
-        raise ConfigError(f"environment file {path}: not valid UTF-8 ({exc.reason} at byte {exc.start})") from None
+        raise ConfigError(f"environment file {name}: not valid UTF-8 ({exc.reason} at byte {exc.start})") from None
     except OSError as exc:
-        raise ConfigError(f"environment file {path}: cannot read: {exc.strerror}") from None
+        raise ConfigError(f"environment file {name}: cannot read: {exc.strerror}") from None
     pairs: dict[str, tuple[str, str]] = {}
     for lineno, raw in enumerate(text.splitlines(), start=1):
         line = raw.strip()
@@ -91,28 +117,30 @@ def parse_env_file(path: Path) -> dict[str, tuple[str, str]]:
             continue
         match = _ENV_LINE.match(line)
         if not match:
-            raise ConfigError(f"environment file {path} line {lineno}: expected KEY=value, got {raw.strip()!r}")
+            got = "a line that looks like it holds a secret (not shown)" if looks_secret(line) else short_repr(line)
+            raise ConfigError(f"environment file {name} line {lineno}: expected KEY=value, got {got}")
         key, value = match.group(1), match.group(2).strip()
         if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":
             value = value[1:-1]
         elif value.startswith(("'", '"')):
-            raise ConfigError(f"environment file {path} line {lineno}: unterminated quote in {key}")
-        pairs[key] = (value, f"{path} line {lineno}")
+            raise ConfigError(f"environment file {name} line {lineno}: unterminated quote in {key}")
+        pairs[key] = (value, f"{name} line {lineno}")
     return pairs
 
 
 def env_file_layer(path: Path, fields: set[str]) -> Layer:
-    return _env_layer(f"environment file {path}", parse_env_file(path), fields)
+    return _env_layer(f"environment file {show(path)}", parse_env_file(path), fields)
 
 
 def yaml_layer(path: Path, fields: set[str]) -> Layer:
-    layer = Layer(f"config file {path}")
+    name = show(path)
+    layer = Layer(f"config file {name}")
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
-        raise ConfigError(f"config file {path}: not valid UTF-8 ({exc.reason} at byte {exc.start})") from None
+        raise ConfigError(f"config file {name}: not valid UTF-8 ({exc.reason} at byte {exc.start})") from None
     except OSError as exc:
-        raise ConfigError(f"config file {path}: cannot read: {exc.strerror}") from None
+        raise ConfigError(f"config file {name}: cannot read: {exc.strerror}") from None
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
         data = yaml.safe_load(text)
@@ -120,16 +148,16 @@ def yaml_layer(path: Path, fields: set[str]) -> Layer:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1} column {mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise ConfigError(f"config file {path}{where}: YAML syntax error: {problem}") from None
+        raise ConfigError(f"config file {name}{where}: YAML syntax error: {problem}") from None
     if data is None:
         return layer
     if not isinstance(data, dict) or not isinstance(node, yaml.MappingNode):
-        raise ConfigError(f"config file {path}: top level must be a mapping of settings, got {type(data).__name__}")
+        raise ConfigError(f"config file {name}: top level must be a mapping of settings, got {type(data).__name__}")
     lines = {k.value: k.start_mark.line + 1 for k, _ in node.value if isinstance(k, yaml.ScalarNode)}
     for key, value in data.items():
-        origin = f"{path} line {lines.get(str(key), '?')}"
+        origin = f"{name} line {lines.get(str(key), '?')}"
         if not isinstance(key, str) or key not in fields or key in LOCATOR_FIELDS:
-            raise ConfigError(f"unknown setting {key!r} ({origin}); see docs/configuration.md for valid keys")
+            raise ConfigError(f"unknown setting {short_repr(key)} ({origin}); see docs/configuration.md for valid keys")
         layer.values[key] = value
         layer.origins[key] = origin
     return layer
