@@ -145,22 +145,56 @@ def yaml_layer(path: Path, fields: set[str]) -> Layer:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" line {mark.line + 1} column {mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise ConfigError(f"config file {name}{where}: YAML syntax error: {problem}") from None
+        where = _yaml_where(exc, text)
+        raise ConfigError(f"config file {name}{where}: YAML syntax error: {_yaml_problem(exc)}") from None
+    except RecursionError:
+        raise ConfigError(f"config file {name}: YAML nesting too deep") from None
     if data is None:
         return layer
     if not isinstance(data, dict) or not isinstance(node, yaml.MappingNode):
         raise ConfigError(f"config file {name}: top level must be a mapping of settings, got {type(data).__name__}")
-    lines = {k.value: k.start_mark.line + 1 for k, _ in node.value if isinstance(k, yaml.ScalarNode)}
+    lines = _key_lines(node, text)
     for key, value in data.items():
-        origin = f"{name} line {lines.get(str(key), '?')}"
+        origin = f"{name} line {lines[key]}" if key in lines else name
         if not isinstance(key, str) or key not in fields or key in LOCATOR_FIELDS:
             raise ConfigError(f"unknown setting {short_repr(key)} ({origin}); see docs/configuration.md for valid keys")
         layer.values[key] = value
         layer.origins[key] = origin
     return layer
+
+
+def _key_lines(node: yaml.MappingNode, text: str) -> dict[Any, int]:
+    """Line of each top-level key, keyed by the key as loaded (so ``1:`` and ``true:`` are found too)."""
+    constructor = yaml.SafeLoader("")
+    lines: dict[Any, int] = {}
+    for key_node, _ in node.value:
+        try:
+            key = constructor.construct_object(key_node, deep=True)
+            lines[key] = _line_of(text, key_node.start_mark.index)
+        except (yaml.YAMLError, TypeError):  # merge keys, unhashable keys: no line to report
+            continue
+    return lines
+
+
+def _yaml_where(exc: yaml.YAMLError, text: str) -> str:
+    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+    if mark is not None:
+        column = mark.index - (text.rfind("\n", 0, mark.index) + 1) + 1
+        return f" line {_line_of(text, mark.index)} column {column}"
+    position = getattr(exc, "position", None)  # ReaderError (control characters): a character offset
+    if isinstance(position, int):
+        return f" line {_line_of(text, position)}"
+    return ""
+
+
+def _line_of(text: str, index: int) -> int:
+    """1-based line of a character offset, counting "\n" only (PyYAML's own count also breaks at \x85, \u2028...)."""
+    return text.count("\n", 0, index) + 1
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    problem = getattr(exc, "problem", None) or str(exc)
+    return " ".join(str(problem).splitlines()[:1]) or type(exc).__name__
 
 
 def locate(explicit: Any, env_key: str, layers: list[Layer], field_name: str, default: Path) -> tuple[Path, bool]:
