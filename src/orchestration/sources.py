@@ -111,7 +111,9 @@ def parse_env_file(path: Path) -> dict[str, tuple[str, str]]:
     except OSError as exc:
         raise ConfigError(f"environment file {name}: cannot read: {exc.strerror}") from None
     pairs: dict[str, tuple[str, str]] = {}
-    for lineno, raw in enumerate(text.splitlines(), start=1):
+    # Only "\n" ends a line (as for systemd): str.splitlines() would also split on \v, \f, \x1c-\x1e, \x85, \u2028
+    # and report a later line number than the one holding the problem.
+    for lineno, raw in enumerate(text.split("\n"), start=1):
         line = raw.strip()
         if not line or line.startswith("#"):
             continue
