@@ -24,6 +24,7 @@ from src.orchestration.sources import (
     env_file_layer,
     env_name,
     environment_layer,
+    file_exists,
     locate,
     looks_secret,
     short_repr,
@@ -106,17 +107,13 @@ class TTAConfig(BaseSettings):
         init_kwargs: dict[str, Any] = getattr(init_settings, "init_kwargs", {})
         layers = [Layer("arguments", dict(init_kwargs), {k: f"argument {k}" for k in init_kwargs})]
         layers.append(environment_layer(dict(os.environ), fields))
-        env_path, env_asked = locate(init_kwargs.get("env_file"), "TTA_ENV_FILE", layers, "env_file", ENV_FILE_DEFAULT)
-        if env_asked or env_path.exists():
-            if not env_path.exists():
-                raise ConfigError(f"environment file {env_path} does not exist (set by TTA_ENV_FILE or --env-file)")
+        env_path, env_origin = locate(init_kwargs.get("env_file"), "TTA_ENV_FILE", layers, "env_file", ENV_FILE_DEFAULT)
+        if file_exists(env_path, "environment file", env_origin):
             layers.append(env_file_layer(env_path, fields))
-        yaml_path, yaml_asked = locate(
+        yaml_path, yaml_origin = locate(
             init_kwargs.get("config_file"), "TTA_CONFIG", layers, "config_file", CONFIG_FILE_DEFAULT
         )
-        if yaml_asked or yaml_path.exists():
-            if not yaml_path.exists():
-                raise ConfigError(f"config file {yaml_path} does not exist (set by TTA_CONFIG or --config)")
+        if file_exists(yaml_path, "config file", yaml_origin):
             layers.append(yaml_layer(yaml_path, fields))
         _layers.get().extend(layers)
         return (init_settings, *(_LayerSource(settings_cls, layer) for layer in layers[1:]))

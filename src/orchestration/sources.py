@@ -22,6 +22,7 @@ CONFIG_FILE_DEFAULT = Path("/etc/tta/staging/config.yaml")
 SPECIAL_ENV_NAMES = {"env": "TTA_ENV", "config_file": "TTA_CONFIG", "env_file": "TTA_ENV_FILE"}
 # Settings that only make sense outside the YAML file (they locate the files).
 LOCATOR_FIELDS = frozenset({"config_file", "env_file"})
+CLI_FLAGS = {"config_file": "--config", "env_file": "--env-file"}
 # Names that probably hold a secret: their values never appear in an error, even misspelt.
 _SECRET_NAME = re.compile(r"token|secret|passw|api_?key|credential", re.IGNORECASE)
 _REPR = reprlib.Repr(maxlevel=2, maxlist=4, maxtuple=4, maxdict=4, maxset=4, maxstring=160, maxlong=40, maxother=80)
@@ -199,13 +200,28 @@ def _yaml_problem(exc: yaml.YAMLError) -> str:
     return " ".join(str(problem).splitlines()[:1]) or type(exc).__name__
 
 
-def locate(explicit: Any, env_key: str, layers: list[Layer], field_name: str, default: Path) -> tuple[Path, bool]:
-    """Find a file path from args, then env, then earlier layers; say whether it was asked for."""
+def locate(explicit: Any, env_key: str, layers: list[Layer], field_name: str, default: Path) -> tuple[Path, str | None]:
+    """Find a file path from args, then env, then earlier layers; say where it was asked for (None: default)."""
     if explicit not in (None, ""):
-        return Path(explicit), True
+        return Path(explicit), f"{CLI_FLAGS.get(field_name, field_name)} argument"
     if os.environ.get(env_key):
-        return Path(os.environ[env_key]), True
+        return Path(os.environ[env_key]), f"environment variable {env_key}"
     for layer in layers:
         if layer.values.get(field_name):
-            return Path(layer.values[field_name]), True
-    return default, False
+            return Path(layer.values[field_name]), layer.origins.get(field_name, layer.name)
+    return default, None
+
+
+def file_exists(path: Path, what: str, origin: str | None) -> bool:
+    """Whether to read ``path``: a file that was asked for (origin set) must exist; the default may be absent."""
+    try:
+        path.stat()
+    except FileNotFoundError:
+        if origin is None:
+            return False
+        raise ConfigError(f"{what} {show(path)} does not exist (set by {show(origin)})") from None
+    except (OSError, ValueError) as exc:  # ENAMETOOLONG, EACCES on a parent, ENOTDIR, NUL byte...
+        reason = getattr(exc, "strerror", None) or str(exc)
+        set_by = f" (set by {show(origin)})" if origin else ""
+        raise ConfigError(f"{what} {show(path)}{set_by}: cannot access: {reason}") from None
+    return True
