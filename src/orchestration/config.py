@@ -6,6 +6,7 @@ import ipaddress
 import json
 import os
 import re
+import stat
 from contextvars import ContextVar
 from functools import lru_cache
 from importlib import resources
@@ -147,17 +148,25 @@ class TTAConfig(BaseSettings):
             raise ValueError("must be a known ISO 3166-1 alpha-3 country code such as USA, FRA or DEU")
         return code
 
+    @field_validator("output_dir", "state_dir", "powercap_root", mode="before")
+    @classmethod
+    def _path_not_empty(cls, value: Any) -> Any:
+        # Path("") is the current directory: an empty CARBON_OUTPUT_DIR= must not mean "write here".
+        if isinstance(value, str) and value.strip() == "":
+            raise ValueError("must not be empty")
+        return value
+
     @field_validator("output_dir", "state_dir")
     @classmethod
     def _directory_path(cls, value: Path) -> Path:
-        if value.exists() and not value.is_dir():
+        if _path_kind(value) == "other":
             raise ValueError("exists and is not a directory")
         return value
 
     @field_validator("log_file")
     @classmethod
     def _log_file_path(cls, value: Path | None) -> Path | None:
-        if value is not None and value.is_dir():
+        if value is not None and _path_kind(value) == "dir":
             raise ValueError("is a directory; give a file path, or an empty value for no log file")
         return value
 
@@ -173,6 +182,19 @@ class TTAConfig(BaseSettings):
         if self.electricitymaps_token is not None:
             data["electricitymaps_token"] = "**********"
         return data
+
+
+def _path_kind(path: Path) -> str:
+    """'missing', 'dir' or 'other'; ValueError (a one-line reason) when the path cannot be checked."""
+    if "\x00" in str(path):
+        raise ValueError("contains a NUL byte")
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        return "missing"
+    except OSError as exc:  # ENAMETOOLONG, EACCES on a parent, ENOTDIR, ELOOP...
+        raise ValueError(f"cannot be used: {exc.strerror}") from None
+    return "dir" if stat.S_ISDIR(mode) else "other"
 
 
 def _describe(exc: ValidationError, layers: list[Layer]) -> str:
