@@ -130,6 +130,14 @@ class TTAConfig(BaseSettings):
         # An empty value in an env file means "not set", as systemd operators expect.
         return None if isinstance(value, str) and value.strip() == "" else value
 
+    @field_validator("measurement_interval", "metrics_port", "intensity_g_per_kwh", mode="before")
+    @classmethod
+    def _number_not_bool(cls, value: Any) -> Any:
+        # pydantic reads True as 1: `measurement_interval: yes` must not mean one second, nor `metrics_port: on` port 1.
+        if isinstance(value, bool):
+            raise ValueError("must be a number, not a boolean")
+        return value
+
     @field_validator("metrics_address")
     @classmethod
     def _ip_literal(cls, value: str) -> str:
