@@ -15,6 +15,7 @@ from typing import Any, Literal
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic.fields import FieldInfo
+from pydantic_core import PydanticCustomError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from src.orchestration.sources import (
@@ -181,7 +182,12 @@ class TTAConfig(BaseSettings):
     @model_validator(mode="after")
     def _online_needs_token(self) -> TTAConfig:
         if not self.offline and self.electricitymaps_token is None:
-            raise ValueError("offline=false needs electricitymaps_token (CARBON_ELECTRICITYMAPS_TOKEN)")
+            # ctx["setting"] lets _describe name offline's value and where it was set.
+            raise PydanticCustomError(
+                "offline_needs_token",
+                "offline=false needs electricitymaps_token (CARBON_ELECTRICITYMAPS_TOKEN)",
+                {"setting": "offline"},
+            )
         return self
 
     def public_dict(self) -> dict[str, Any]:
@@ -210,12 +216,16 @@ def _describe(exc: ValidationError, layers: list[Layer]) -> str:
     lines = []
     for err in exc.errors(include_url=False):
         loc = err.get("loc") or ()
+        setting = (err.get("ctx") or {}).get("setting")
+        if not loc and setting:  # a model-level check about one setting: report that setting
+            loc = (setting,)
         key = str(loc[0]) if loc else "config"
+        # The value as the operator wrote it (before normalising validators), from the layer that won.
+        raw = next((layer.values[key] for layer in layers if key in layer.values), err.get("input"))
         origin = next((layer.origins[key] for layer in layers if key in layer.origins), None)
         if origin is None:
             origin = "default" if key in TTAConfig.model_fields else "unknown source"
         origin = show(origin)
-        raw = err.get("input")
         shown = "***" if key == "electricitymaps_token" or looks_secret(key) else short_repr(raw)
         msg = err.get("msg", "invalid").removeprefix("Value error, ")
         if err.get("type") == "extra_forbidden":
