@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import ipaddress
 import json
 import os
@@ -37,6 +38,7 @@ from src.orchestration.sources import (
 MIN_INTERVAL_S = 1.0
 MAX_INTERVAL_S = 3600.0
 DEFAULT_METRICS_PORT = 9880
+_ENERGY_MIX = "data/private_infra/global_energy_mix.json"
 
 _layers: ContextVar[list[Layer]] = ContextVar("tta_config_layers", default=[])
 
@@ -44,8 +46,14 @@ _layers: ContextVar[list[Layer]] = ContextVar("tta_config_layers", default=[])
 @lru_cache(maxsize=1)
 def known_country_codes() -> frozenset[str]:
     """ISO 3166-1 alpha-3 codes for which codecarbon ships an energy mix (no codecarbon import)."""
-    data = resources.files("codecarbon").joinpath("data/private_infra/global_energy_mix.json").read_bytes()
-    return frozenset(json.loads(data))
+    # resources.files("codecarbon") imports the package, and with it EmissionsTracker: ~0.2 s on every
+    # CLI start, even to report a config error. find_spec locates the package without importing it.
+    spec = importlib.util.find_spec("codecarbon")
+    for location in (spec.submodule_search_locations or []) if spec else []:
+        path = Path(location, _ENERGY_MIX)
+        if path.is_file():
+            return frozenset(json.loads(path.read_bytes()))
+    return frozenset(json.loads(resources.files("codecarbon").joinpath(_ENERGY_MIX).read_bytes()))
 
 
 class _LayerSource(PydanticBaseSettingsSource):
