@@ -5,12 +5,14 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
+import stat
 from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic.fields import FieldInfo
+from pydantic_core import PydanticCustomError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from src.components.carbon.reference_data import energy_mix
@@ -22,7 +24,11 @@ from src.orchestration.sources import (
     env_file_layer,
     env_name,
     environment_layer,
+    file_exists,
     locate,
+    looks_secret,
+    short_repr,
+    show,
     yaml_layer,
 )
 
@@ -105,19 +111,15 @@ class TTAConfig(BaseSettings):
         environ = _environ.get()
         environ = dict(os.environ) if environ is None else environ
         layers.append(environment_layer(environ, fields))
-        env_path, env_asked = locate(
+        env_path, env_origin = locate(
             init_kwargs.get("env_file"), "TTA_ENV_FILE", environ, layers, "env_file", ENV_FILE_DEFAULT
         )
-        if env_asked or env_path.exists():
-            if not env_path.exists():
-                raise ConfigError(f"environment file {env_path} does not exist (set by TTA_ENV_FILE or --env-file)")
+        if file_exists(env_path, "environment file", env_origin):
             layers.append(env_file_layer(env_path, fields))
-        yaml_path, yaml_asked = locate(
+        yaml_path, yaml_origin = locate(
             init_kwargs.get("config_file"), "TTA_CONFIG", environ, layers, "config_file", CONFIG_FILE_DEFAULT
         )
-        if yaml_asked or yaml_path.exists():
-            if not yaml_path.exists():
-                raise ConfigError(f"config file {yaml_path} does not exist (set by TTA_CONFIG or --config)")
+        if file_exists(yaml_path, "config file", yaml_origin):
             layers.append(yaml_layer(yaml_path, fields))
         _layers.get().extend(layers)
         return (init_settings, *(_LayerSource(settings_cls, layer) for layer in layers[1:]))
@@ -133,6 +135,14 @@ class TTAConfig(BaseSettings):
     def _empty_is_unset(cls, value: Any) -> Any:
         # An empty value in an env file means "not set", as systemd operators expect.
         return None if isinstance(value, str) and value.strip() == "" else value
+
+    @field_validator("measurement_interval", "metrics_port", "intensity_g_per_kwh", mode="before")
+    @classmethod
+    def _number_not_bool(cls, value: Any) -> Any:
+        # pydantic reads True as 1: `measurement_interval: yes` must not mean one second, nor `metrics_port: on` port 1.
+        if isinstance(value, bool):
+            raise ValueError("must be a number, not a boolean")
+        return value
 
     @field_validator("metrics_address")
     @classmethod
@@ -153,24 +163,37 @@ class TTAConfig(BaseSettings):
             raise ValueError("must be a known ISO 3166-1 alpha-3 country code such as USA, FRA or DEU")
         return code
 
+    @field_validator("output_dir", "state_dir", "powercap_root", mode="before")
+    @classmethod
+    def _path_not_empty(cls, value: Any) -> Any:
+        # Path("") is the current directory: an empty CARBON_OUTPUT_DIR= must not mean "write here".
+        if isinstance(value, str) and value.strip() == "":
+            raise ValueError("must not be empty")
+        return value
+
     @field_validator("output_dir", "state_dir")
     @classmethod
     def _directory_path(cls, value: Path) -> Path:
-        if value.exists() and not value.is_dir():
+        if _path_kind(value) == "other":
             raise ValueError("exists and is not a directory")
         return value
 
     @field_validator("log_file")
     @classmethod
     def _log_file_path(cls, value: Path | None) -> Path | None:
-        if value is not None and value.is_dir():
+        if value is not None and _path_kind(value) == "dir":
             raise ValueError("is a directory; give a file path, or an empty value for no log file")
         return value
 
     @model_validator(mode="after")
     def _online_needs_token(self) -> TTAConfig:
         if not self.offline and self.electricitymaps_token is None:
-            raise ValueError("offline=false needs electricitymaps_token (CARBON_ELECTRICITYMAPS_TOKEN)")
+            # ctx["setting"] lets _describe name offline's value and where it was set.
+            raise PydanticCustomError(
+                "offline_needs_token",
+                "offline=false needs electricitymaps_token (CARBON_ELECTRICITYMAPS_TOKEN)",
+                {"setting": "offline"},
+            )
         return self
 
     @model_validator(mode="after")
@@ -197,20 +220,38 @@ class TTAConfig(BaseSettings):
         return data
 
 
+def _path_kind(path: Path) -> str:
+    """'missing', 'dir' or 'other'; ValueError (a one-line reason) when the path cannot be checked."""
+    if "\x00" in str(path):
+        raise ValueError("contains a NUL byte")
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        return "missing"
+    except OSError as exc:  # ENAMETOOLONG, EACCES on a parent, ENOTDIR, ELOOP...
+        raise ValueError(f"cannot be used: {exc.strerror}") from None
+    return "dir" if stat.S_ISDIR(mode) else "other"
+
+
 def _describe(exc: ValidationError, layers: list[Layer]) -> str:
     """Turn pydantic's report into one line per problem naming key, value and origin."""
     lines = []
     for err in exc.errors(include_url=False):
         loc = err.get("loc") or ()
+        setting = (err.get("ctx") or {}).get("setting")
+        if not loc and setting:  # a model-level check about one setting: report that setting
+            loc = (setting,)
         key = str(loc[0]) if loc else "config"
+        # The value as the operator wrote it (before normalising validators), from the layer that won.
+        raw = next((layer.values[key] for layer in layers if key in layer.values), err.get("input"))
         origin = next((layer.origins[key] for layer in layers if key in layer.origins), None)
         if origin is None:
             origin = "default" if key in TTAConfig.model_fields else "unknown source"
-        raw = err.get("input")
-        shown = "***" if key == "electricitymaps_token" else _short(raw)
+        origin = show(origin)
+        shown = "***" if key == "electricitymaps_token" or looks_secret(key) else short_repr(raw)
         msg = err.get("msg", "invalid").removeprefix("Value error, ")
         if err.get("type") == "extra_forbidden":
-            lines.append(f"unknown setting {key}={shown} ({origin})")
+            lines.append(f"unknown setting {show(key)}={shown} ({origin})")
         elif key == "config":
             lines.append(f"invalid configuration: {msg}")
         else:
@@ -220,8 +261,3 @@ def _describe(exc: ValidationError, layers: list[Layer]) -> str:
                 origin = f"default; override with {env_name(key)}"
             lines.append(f"invalid {key}={shown} ({origin}): {msg}")
     return "; ".join(lines)
-
-
-def _short(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
