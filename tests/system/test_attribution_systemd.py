@@ -15,7 +15,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
 from staged import INSTALL_DIR, OUTPUT_DIR, UNIT, StagedService
 
 REPO = Path(__file__).resolve().parents[2]

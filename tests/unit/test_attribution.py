@@ -7,6 +7,7 @@ file; one test also reads the host's real v1 cpuacct hierarchy with a real burni
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -21,11 +22,21 @@ from pathlib import Path
 import pytest
 
 from src.components.carbon.accounting import Accountant, Identity
-from src.components.carbon.attribution import OTHER, UNATTRIBUTED, attribute, split_exact
-from src.components.carbon.record import ComponentEnergy, Intensity, IntervalEnergy, Totals
+from src.components.carbon.attribution import (
+    OTHER,
+    UNATTRIBUTED,
+    attribute,
+    split_exact,
+)
+from src.components.carbon.health import HealthSnapshot
+from src.components.carbon.record import (
+    ComponentEnergy,
+    Intensity,
+    IntervalEnergy,
+    Totals,
+)
 from src.components.carbon.report import build_report, run_report
 from src.components.carbon.sinks.prometheus import PrometheusSink
-from src.components.carbon.health import HealthSnapshot
 from src.components.carbon.sources.cgroups import (
     CgroupUnavailable,
     CpuTimeDelta,
@@ -308,8 +319,6 @@ def _record(units_ns: dict[str, float], host_s: float, seq_end: float = 1_795_00
     energy = IntervalEnergy({"cpu": ComponentEnergy(20.0, "cpu_load_tdp"), "ram": ComponentEnergy(5.0, "constant")})
     rec = acct.account(energy, end_wall=seq_end, elapsed_s=1.0, intensity=Intensity(400.0, "fixed", "FRA"),
                        identity=Identity("run-1", None, "p", "test"))
-    import dataclasses
-
     shares = attribute(delta(units_ns, host_s), cpu_j=rec.energy_j["cpu"], total_j=sum(rec.energy_j.values()),
                        cpu_g=rec.emissions_g["cpu"], total_g=rec.emissions_total_g)
     return dataclasses.replace(rec, units={k: v.as_dict() for k, v in shares.items()},
@@ -333,14 +342,13 @@ def test_record_json_and_metrics_and_report(tmp_path: Path) -> None:
     assert 'tta_carbon_unit_energy_joules_total{unit="web.service"} 5.0' in page
     assert 'tta_carbon_unit_emissions_grams_total{unit="unattributed"}' in page
     if shutil.which("promtool"):
-        res = subprocess.run(["promtool", "check", "metrics"], input=page, capture_output=True, text=True)
+        res = subprocess.run(["promtool", "check", "metrics"], check=False, input=page, capture_output=True, text=True)
         assert res.returncode == 0, res.stdout + res.stderr
 
     out = tmp_path / "out"
     out.mkdir()
     with open(out / "emissions_2026-11-18.json", "w") as f:
-        for rec in (r1, r2):
-            f.write(json.dumps(rec.to_json_dict()) + "\n")
+        f.writelines(json.dumps(rec.to_json_dict()) + "\n" for rec in (r1, r2))
     rep = build_report(out)
     assert rep.by_unit["burn.service"][0] == pytest.approx(15.0)
     assert rep.by_unit["burn.service"][3] == 2 and rep.by_unit["web.service"][3] == 1

@@ -45,10 +45,6 @@ class Hierarchy:
     version: str  # "v2" or "v1"
     path: Path  # directory whose children are the slices (system.slice, ...)
 
-    @property
-    def label(self) -> str:
-        return self.version
-
 
 def detect(cgroup_root: Path) -> Hierarchy:
     """Pick the hierarchy to read: v2 (pure or hybrid ``unified/``) first, else v1 ``cpuacct``."""
