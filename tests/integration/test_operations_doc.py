@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.ops_helpers import REPO, TTA_CARBON, Daemon, Setup, clean_env, free_port, require_root
+from tests.integration.ops_helpers import REPO, TTA_CARBON, OpsDaemon, clean_env, free_port, require_root
 
 DOC = REPO / "docs" / "operations.md"
 UNIT = "tta-staging-carbon"
@@ -87,9 +87,10 @@ def test_local_blocks_run_against_a_local_install(service_account: tuple[str, st
     old_day = datetime.now(UTC).date() - timedelta(weeks=13)
     old_file = logdir / "codecarbon" / f"emissions_{old_day}.json"
     old_file.write_text('{"run_id":"old","seq":1}\n')
-    (root / "scratch").mkdir()
     # The daemon runs this checkout's code (it starts while the install below is made).
-    daemon = Daemon(Setup(root / "scratch", port=port), env=env, argv=[TTA_CARBON, "run"])
+    daemon = OpsDaemon(root / "daemon", port=port, command=[TTA_CARBON, "run"],
+                       env={"TTA_CONFIG": f"{etc}/config.yaml", "TTA_ENV_FILE": f"{etc}/environment"})
+    daemon.start(wait_ready=False)
     try:
         # -- the install the blocks use: a clone (plus uncommitted edits) + uv sync --frozen --
         subprocess.run(["git", "clone", "-q", str(REPO), str(opt)], check=True)
