@@ -38,15 +38,27 @@ def require_root() -> None:
         pytest.skip("needs root (real users, mounts)")
 
 
-@pytest.fixture
-def world_tmp() -> Iterator[Path]:
-    """A temp dir other users can traverse (pytest's tmp_path is 0700)."""
-    path = Path(tempfile.mkdtemp(prefix="tta-ops-"))
+def _world_tmp(base: str | None) -> Iterator[Path]:
+    path = Path(tempfile.mkdtemp(prefix="tta-ops-", dir=base))
     path.chmod(0o755)
     try:
         yield path
     finally:
         shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def world_tmp() -> Iterator[Path]:
+    """A temp dir other users can traverse (pytest's tmp_path is 0700)."""
+    yield from _world_tmp(None)
+
+
+@pytest.fixture
+def shm_tmp() -> Iterator[Path]:
+    """world_tmp in memory (/dev/shm) when there is one: for a whole install (a 250 MB venv),
+    which a loaded disk takes tens of seconds to delete."""
+    shm = "/dev/shm" if os.access("/dev/shm", os.W_OK) else None
+    yield from _world_tmp(shm)
 
 
 @dataclass
