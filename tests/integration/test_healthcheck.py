@@ -43,7 +43,8 @@ def assert_lines(actual: list[str], expected: list[str | tuple[str, int, int]]) 
 
 
 def static_ok(s: OpsDaemon) -> list[str]:
-    return [f"✅ Output directory writable: {s.output_dir}", "✅ codecarbon library: Available", "✅ Configuration: Valid"]
+    return [f"✅ Output directory writable: {s.output_dir}", "✅ codecarbon library: Available",
+            "✅ Configuration: Valid"]
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +55,8 @@ def live() -> Iterator[dict[str, OpsDaemon]]:
     root.chmod(0o755)
     started = {
         "healthy": OpsDaemon(root / "healthy").start(wait_ready=False),
-        "stalled": OpsDaemon(root / "stalled", env={"TTA_CARBON_TEST_FAULT": "stall-after:1"}).start(wait_ready=False),
+        "stalled": OpsDaemon(root / "stalled",
+                             env={"TTA_CARBON_TEST_FAULT": "stall-after:1"}).start(wait_ready=False),
     }
     try:
         yield started
@@ -274,7 +276,8 @@ def test_codecarbon_missing_without_intensity_is_a_config_error(world_tmp: Path)
 def test_codecarbon_missing_daemon_measures_with_rapl(world_tmp: Path, daemons: list[OpsDaemon]) -> None:
     """Graceful degradation end to end: no codecarbon, RAPL readable -> healthy and measured."""
     env = hide_codecarbon(world_tmp)
-    s = OpsDaemon(world_tmp, env=env, settings={"intensity_g_per_kwh": "250", "powercap_root": str(fake_rapl(world_tmp))})
+    s = OpsDaemon(world_tmp, env=env, settings={"intensity_g_per_kwh": "250",
+                                                "powercap_root": str(fake_rapl(world_tmp))})
     daemons.append(s.start())
     s.wait_records(1)
     rc, lines, _ = s.check(env=env)
