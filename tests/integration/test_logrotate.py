@@ -4,8 +4,8 @@ The test copy differs from the shipped file only in its paths (a temp dir instea
 /var/log/tta/staging) and its account (a real one made for the test, not tta-user, which
 other sessions on the host may be using). `systemctl` in postrotate is the one stand-in: systemd is not PID 1
 here, so a small shim on PATH records its arguments and delivers the real SIGHUP the real
-`systemctl kill` would send. The same lines against a real systemd are exercised by the
-namespaced-systemd suite (tests/system/).
+`systemctl kill` would send. The same file against a real systemd, installed by the real
+installer: tests/system/test_operations_systemd.py.
 """
 
 from __future__ import annotations

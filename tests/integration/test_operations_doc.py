@@ -1,12 +1,16 @@
 """Runs docs/operations.md: every `bash local` block, as written, against a throwaway install.
 
-The install is a git clone of this repository (plus uncommitted edits) with `uv sync --frozen`,
-config from config/staging.yaml + config/environment, and a real daemon running this code.
-Only locations are rewritten: /opt, /etc, /var paths into a temp dir, port 9880 to a free
-port, `<commit>` to the clone's commit, the account to one made for the test, and logrotate
-gets a private state file. The
-`bash systemd` blocks need systemd as PID 1 (tests/system/ covers them); here they are only
-checked to hold nothing else. `bash script` blocks are the colleagues' scripts' own tests.
+The install mirrors what scripts/install_staging.sh leaves: a source checkout, and
+/opt/tta/staging a clone of it (plus this working tree's uncommitted edits) synced with
+`uv sync --frozen --no-dev --compile-bytecode` and owned by the service account; config from
+config/staging.yaml + config/environment; a real daemon running this code. Only locations
+are rewritten: /opt, /etc, /var, /usr/local/src paths into a temp dir, port 9880 to a free
+port, `<commit>` to the checkout's commit, the account to one made for the test, and
+logrotate gets a private state file.
+
+`bash systemd` blocks need systemd as PID 1: tests/system/test_operations_systemd.py runs
+them; here they are only checked to hold nothing else. `bash script` blocks are the
+installer and rollback scripts, tested by tests/system/test_install_scripts.py.
 """
 
 from __future__ import annotations
