@@ -65,7 +65,7 @@ def test_operations_doc_systemd_blocks_run_as_written(svc: StagedService) -> Non
             assert svc.main_pid() not in (0, before_pid), line
         if verb == "reload":  # a SIGHUP to the same process, which says so
             assert svc.main_pid() == before_pid
-            wait_for(lambda: any(e.get("event") == "reloaded" for e in svc.events(cur)), 5, what="reloaded")
+            wait_for(lambda c=cur: any(e.get("event") == "reloaded" for e in svc.events(c)), 5, what="reloaded")
         if verb == "status":
             assert "Active: active (running)" in r.stdout and "Status:" in r.stdout, r.stdout
         if line.startswith("journalctl") and "--since" in line and "-p" not in line:
@@ -88,12 +88,12 @@ def test_installed_logrotate_file_rotates_the_running_unit(svc: StagedService) -
     svc.wait_records(1)
     uid = next(int(ln.split(":")[2]) for ln in sd.path("/etc/passwd").read_text().splitlines()
                if ln.startswith("tta-user:"))
-    for rotation in (1, 2):
+    for _rotation in (1, 2):
         cur = svc.cursor()
         r = sd.run(["logrotate", "-f", "-s", "/run/logrotate.status", ROTATE_CONF])
         assert r.returncode == 0, r.stderr
         # postrotate: is-active, then SIGHUP to the main process: a reload, not a restart.
-        wait_for(lambda: any(e.get("event") == "reloaded" for e in svc.events(cur)), 10, what="reloaded")
+        wait_for(lambda c=cur: any(e.get("event") == "reloaded" for e in svc.events(c)), 10, what="reloaded")
         assert svc.main_pid() == pid
         log = sd.path(f"{LOGDIR}/carbon.log")
         wait_for(log.exists, 5, what="carbon.log recreated")
