@@ -13,34 +13,24 @@ import os
 import pwd
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.support.daemon import REPO, DaemonProc, clean_env, free_port
+from tests.support.daemon import TTA_CARBON as SUPPORT_CLI
+
+# The entry point operators and systemd run (tests/support/daemon.py uses `python -m`).
 TTA_CARBON = str(Path(sys.executable).parent / "tta-carbon")
-OUR_VARS = ("CARBON_", "TTA_", "NOTIFY_SOCKET", "WATCHDOG_")
-
-
-def clean_env(**extra: str) -> dict[str, str]:
-    """The caller's environment without any of our settings (they would override the test's)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(OUR_VARS)}
-    env.update(extra)
-    return env
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def require_root() -> None:
@@ -48,10 +38,8 @@ def require_root() -> None:
         pytest.skip("needs root (real users, mounts)")
 
 
-@pytest.fixture
-def world_tmp() -> Iterator[Path]:
-    """A temp dir other users can traverse (pytest's tmp_path is 0700)."""
-    path = Path(tempfile.mkdtemp(prefix="tta-ops-"))
+def _world_tmp(base: str | None) -> Iterator[Path]:
+    path = Path(tempfile.mkdtemp(prefix="tta-ops-", dir=base))
     path.chmod(0o755)
     try:
         yield path
@@ -59,77 +47,103 @@ def world_tmp() -> Iterator[Path]:
         shutil.rmtree(path, ignore_errors=True)
 
 
-class Setup:
-    """One isolated installation: empty config + env file, dirs under `root`."""
+@pytest.fixture
+def world_tmp() -> Iterator[Path]:
+    """A temp dir other users can traverse (pytest's tmp_path is 0700)."""
+    yield from _world_tmp(None)
 
-    def __init__(self, root: Path, port: int | None = None, interval: float = 1) -> None:
-        self.root = root
-        self.port = port or free_port()
-        self.out = root / "codecarbon"
-        self.state = root / "state"
-        self.log = root / "carbon.log"
-        self.config = root / "config.yaml"
-        self.env_file = root / "environment"
-        for f in (self.config, self.env_file):
-            f.touch()
-            f.chmod(0o644)
-        self.sets = {
-            "measurement_interval": f"{interval:g}", "metrics_port": str(self.port), "output_dir": str(self.out),
-            "state_dir": str(self.state), "log_file": str(self.log),
-        }
 
-    def args(self, **overrides: str) -> list[str]:
-        sets = {**self.sets, **overrides}
-        out = ["--config", str(self.config), "--env-file", str(self.env_file)]
-        for k, v in sets.items():
-            out += ["--set", f"{k}={v}"]
-        return out
+@pytest.fixture
+def shm_tmp() -> Iterator[Path]:
+    """world_tmp in memory (/dev/shm) when there is one: for a whole install (a 250 MB venv),
+    which a loaded disk takes tens of seconds to delete."""
+    shm = "/dev/shm" if os.access("/dev/shm", os.W_OK) else None
+    yield from _world_tmp(shm)
+
+
+@dataclass
+class OpsDaemon(DaemonProc):
+    """One isolated installation under `workdir` (empty config + env file, its own port), the
+    CLI pointed at it (`check`), and optionally its daemon (`start`, from DaemonProc).
+
+    `wrap` prefixes the daemon's command (as_user, read_only); `command` replaces
+    `tta-carbon run <settings>` (a daemon from another install; the port must match).
+    """
+
+    wrap: list[str] = field(default_factory=list)
+    command: list[str] | None = None
+
+    def __post_init__(self) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.port = self.port or free_port()
+
+    @property
+    def output_dir(self) -> Path:
+        return Path(self.settings.get("output_dir", self.workdir / "out"))
+
+    @property
+    def log_file(self) -> Path:
+        return Path(self.settings.get("log_file", self.workdir / "carbon.log"))
+
+    @property
+    def config(self) -> Path:
+        return self.workdir / "config.yaml"
+
+    def argv(self) -> list[str]:
+        return [*self.wrap, *(self.command or super().argv())]
+
+    def cli_args(self, **overrides: str) -> list[str]:
+        """`--config ... --env-file ... --set ...`: exactly the daemon's settings, plus overrides."""
+        saved = self.settings
+        self.settings = {**saved, **overrides}
+        try:
+            return super().argv()[len(SUPPORT_CLI) + 1:]
+        finally:
+            self.settings = saved
 
     def check(self, *extra: str, env: dict[str, str] | None = None, wrap: list[str] | None = None,
               overrides: dict[str, str] | None = None, timeout: float = 30) -> tuple[int, list[str], float]:
-        cmd = [*(wrap or []), TTA_CARBON, "check", *self.args(**(overrides or {})), *extra]
+        """`tta-carbon check` against this installation: (exit status, stdout lines, seconds)."""
+        cmd = [*(wrap or []), TTA_CARBON, "check", *self.cli_args(**(overrides or {})), *extra]
         t0 = time.monotonic()
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=env or clean_env(), timeout=timeout, cwd=REPO)
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=clean_env(**(env or {})), timeout=timeout,
+                              cwd=REPO)
         elapsed = time.monotonic() - t0
         assert "Traceback" not in proc.stderr, proc.stderr
         return proc.returncode, proc.stdout.splitlines(), elapsed
 
+    def start(self, wait_ready: bool = True, timeout: float = 30.0) -> OpsDaemon:
+        # A wrapped daemon may run as another user, who cannot write to the root-owned notify
+        # socket: wait on /healthz instead (the HTTP server is up by READY time).
+        super().start(wait_ready=wait_ready and not self.wrap, timeout=timeout)
+        # Keep reading the notify socket, as systemd does: it queues only 10 datagrams
+        # (net.unix.max_dgram_qlen), and then the daemon blocks in sendto() for good,
+        # STATUS= every interval and SIGTERM included.
+        threading.Thread(target=self._drain, name="notify-drain", daemon=True).start()
+        if wait_ready and self.wrap:
+            self.wait_for(lambda h: True, "/healthz", timeout)
+        return self
 
-class Daemon:
-    """`tta-carbon run` as a subprocess; always stopped by the fixture that made it."""
-
-    def __init__(self, setup: Setup, env: dict[str, str] | None = None, wrap: list[str] | None = None,
-                 argv: list[str] | None = None, **overrides: str) -> None:
-        """`argv` replaces `tta-carbon run <setup's settings>` (the setup then only supplies the port)."""
-        self.setup = setup
-        self.stderr_path = setup.root / "daemon.stderr"
-        self._stderr = open(self.stderr_path, "wb")  # noqa: SIM115 (closed in stop())
-        self.proc = subprocess.Popen(
-            [*(wrap or []), *(argv or [TTA_CARBON, "run", *setup.args(**overrides)])],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=self._stderr,
-            env=env or clean_env(), cwd=setup.root, start_new_session=True,
-        )
-
-    @property
-    def pid(self) -> int:
-        """The daemon's own pid (under a wrapper: the one process that exec'd into it)."""
-        return self.proc.pid
+    def _drain(self) -> None:
+        while self.proc is not None and self.proc.poll() is None:
+            try:
+                self.drain_notifications(0.5)
+            except OSError:  # closed by stop()
+                return
 
     def health(self, timeout: float = 2) -> dict:
-        url = f"http://127.0.0.1:{self.setup.port}/healthz"
         try:
-            with urllib.request.urlopen(url, timeout=timeout) as resp:
+            with urllib.request.urlopen(self.url("/healthz"), timeout=timeout) as resp:
                 return json.loads(resp.read())
-        except urllib.error.HTTPError as exc:
+        except urllib.error.HTTPError as exc:  # 503 carries the same snapshot
             return json.loads(exc.read())
 
-    def wait_for(self, predicate, what: str, timeout: float = 30) -> dict:
+    def wait_for(self, predicate: Callable[[dict], bool], what: str, timeout: float = 30) -> dict:
         deadline = time.monotonic() + timeout
         last: object = None
         while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"daemon exited {self.proc.returncode} while waiting for {what}: "
-                                     f"{self.stderr_path.read_text()[-2000:]}")
+            if self.proc is not None and self.proc.poll() is not None:
+                raise AssertionError(f"daemon exited {self.proc.returncode} waiting for {what}: {self.stderr()}")
             try:
                 last = self.health()
                 if predicate(last):
@@ -137,33 +151,21 @@ class Daemon:
             except OSError as exc:
                 last = exc
             time.sleep(0.1)
-        raise AssertionError(f"timed out waiting for {what}; last: {last}")
+        raise AssertionError(f"timed out waiting for {what}; last: {last}; {self.stderr()}")
 
     def wait_records(self, n: int, timeout: float = 30) -> dict:
+        """Wait until the daemon reports n records written (its own count, files untouched)."""
         return self.wait_for(lambda h: h["records_written"] >= n, f"{n} records", timeout)
-
-    def stop(self, sig: int = signal.SIGTERM) -> int:
-        if self.proc.poll() is None:
-            try:
-                os.killpg(self.proc.pid, signal.SIGCONT)  # in case a test stopped it
-                os.kill(self.proc.pid, sig)
-            except ProcessLookupError:
-                pass
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(5)
-        self._stderr.close()
-        return self.proc.returncode
 
 
 @pytest.fixture
-def daemons() -> Iterator[list[Daemon]]:
-    """Register every Daemon here: they are all stopped, whatever the test did."""
-    started: list[Daemon] = []
+def daemons() -> Iterator[list[OpsDaemon]]:
+    """Append every started OpsDaemon here: all are stopped, whatever the test did."""
+    started: list[OpsDaemon] = []
     yield started
     for d in started:
+        if d.proc is not None and d.proc.poll() is None:
+            d.proc.send_signal(signal.SIGCONT)  # in case a test stopped it
         d.stop()
 
 
@@ -194,7 +196,8 @@ def as_user(user: str, group: str) -> list[str]:
             script += [f'mkdir "$stage/{i}"', f'mount --bind "{p}" "$stage/{i}"']
         script.append(f'mount -t tmpfs -o mode=0755,size=1m tmpfs "{h}"')
         for i, p in enumerate(inside):
-            script += [f'mkdir -p "{p}"', f'mount --move "$stage/{i}" "{p}"']
+            script += [f'mkdir -p "{p}"', f'mount --move "$stage/{i}" "{p}"', f'rmdir "$stage/{i}"']
+    script.append('rmdir "$stage"')
     script.append(f'exec setpriv --reuid={user} --regid={group} --clear-groups -- "$@"')
     return ["unshare", "--mount", "--propagation", "private", "sh", "-c", "\n".join(script), "as_user"]
 

@@ -56,7 +56,7 @@ def test_no_command_repeats_a_seed_mistake() -> None:
                 assert not re.match(r"\s*export\s", line), line
                 assert not re.match(r"\s*source\s", line), line
                 if "health_check_carbon.py" in line:
-                    assert "uv run python scripts/health_check_carbon.py" in line, line
+                    assert re.search(r"uv run (--no-sync )?python scripts/health_check_carbon\.py", line), line
 
 
 def test_environment_sample_is_the_shipped_file_and_systemd_clean() -> None:
@@ -99,7 +99,7 @@ def test_verify_step_one_liner_still_works(tmp_path: Path) -> None:
     (tmp_path / "config.yaml").write_text(f"output_dir: {tmp_path}/out\nstate_dir: {tmp_path}/state\n")
     (tmp_path / "environment").write_text("")
     env = clean_env(TTA_CONFIG=str(tmp_path / "config.yaml"), TTA_ENV_FILE=str(tmp_path / "environment"))
-    cmd = line.removeprefix("uv run python ")
+    cmd = line.removeprefix("uv run --no-sync python ")
     assert cmd.startswith("-c ")
     code = cmd[len("-c "):].strip().strip('"')
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=REPO, timeout=60)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.ops_helpers import REPO, TTA_CARBON, Daemon, Setup, as_user, clean_env, read_only
+from tests.integration.ops_helpers import REPO, TTA_CARBON, OpsDaemon, as_user, clean_env, read_only
 
 ESTIMATED = "⚠️  Energy method: estimated, not measured (cpu=cpu_load_tdp, ram=constant)"
 HIDDEN = "codecarbon deliberately hidden by this test"
@@ -42,21 +42,21 @@ def assert_lines(actual: list[str], expected: list[str | tuple[str, int, int]]) 
             assert lo <= int(m.group(1)) <= hi, got
 
 
-def static_ok(s: Setup) -> list[str]:
-    return [f"✅ Output directory writable: {s.out}", "✅ codecarbon library: Available", "✅ Configuration: Valid"]
+def static_ok(s: OpsDaemon) -> list[str]:
+    return [f"✅ Output directory writable: {s.output_dir}", "✅ codecarbon library: Available",
+            "✅ Configuration: Valid"]
 
 
 @pytest.fixture(scope="module")
-def live() -> Iterator[dict[str, Daemon]]:
+def live() -> Iterator[dict[str, OpsDaemon]]:
     """Two daemons started together (they share the start-up cost): one healthy, one whose
     measurement loop hangs after the first interval while its HTTP thread keeps answering."""
     root = Path(tempfile.mkdtemp(prefix="tta-hc-"))
     root.chmod(0o755)
-    (root / "healthy").mkdir()
-    (root / "stalled").mkdir()
     started = {
-        "healthy": Daemon(Setup(root / "healthy")),
-        "stalled": Daemon(Setup(root / "stalled"), env=clean_env(TTA_CARBON_TEST_FAULT="stall-after:1")),
+        "healthy": OpsDaemon(root / "healthy").start(wait_ready=False),
+        "stalled": OpsDaemon(root / "stalled",
+                             env={"TTA_CARBON_TEST_FAULT": "stall-after:1"}).start(wait_ready=False),
     }
     try:
         yield started
@@ -66,10 +66,10 @@ def live() -> Iterator[dict[str, Daemon]]:
         shutil.rmtree(root, ignore_errors=True)
 
 
-def test_healthy(live: dict[str, Daemon]) -> None:
+def test_healthy(live: dict[str, OpsDaemon]) -> None:
     d = live["healthy"]
     d.wait_records(2)
-    s = d.setup
+    s = d
     rc, lines, _ = s.check()
     assert_lines(lines, [
         "✅ Carbon component: OK",
@@ -83,10 +83,10 @@ def test_healthy(live: dict[str, Daemon]) -> None:
     assert rc == 0
 
 
-def test_healthy_json(live: dict[str, Daemon]) -> None:
+def test_healthy_json(live: dict[str, OpsDaemon]) -> None:
     d = live["healthy"]
     d.wait_records(2)
-    rc, lines, _ = d.setup.check("--json")
+    rc, lines, _ = d.check("--json")
     doc = json.loads("\n".join(lines))
     assert doc["healthy"] is True
     assert [(c["name"], c["status"]) for c in doc["checks"]] == [
@@ -97,27 +97,27 @@ def test_healthy_json(live: dict[str, Daemon]) -> None:
     assert rc == 0
 
 
-def test_guide_script_is_the_same_check(live: dict[str, Daemon]) -> None:
+def test_guide_script_is_the_same_check(live: dict[str, OpsDaemon]) -> None:
     """The runbook line (fixed: with `uv run`) runs the same implementation as `tta-carbon check`."""
     uv = shutil.which("uv")
     if uv is None:
         pytest.skip("uv not on PATH")
     d = live["healthy"]
     d.wait_records(2)
-    proc = subprocess.run([uv, "run", "--offline", "python", "scripts/health_check_carbon.py", *d.setup.args()],
+    proc = subprocess.run([uv, "run", "--offline", "python", "scripts/health_check_carbon.py", *d.cli_args()],
                           capture_output=True, text=True, cwd=REPO, env=clean_env(), timeout=60)
-    rc, lines, _ = d.setup.check()
+    rc, lines, _ = d.check()
     strip = lambda ls: [re.sub(r"\d+s ago", "Ns ago", x) for x in ls]  # noqa: E731
     assert strip(proc.stdout.splitlines()) == strip(lines)
     assert proc.returncode == rc == 0
 
 
-def test_stale_measurements_while_http_answers(live: dict[str, Daemon]) -> None:
+def test_stale_measurements_while_http_answers(live: dict[str, OpsDaemon]) -> None:
     d = live["stalled"]
     h = d.wait_for(lambda h: h["measurements"] >= 1 and time.time() - h["last_success_at"] > 3.5,
                    "the loop to stall for more than 3 intervals")
     assert h["measurements"] == 1  # the loop really stopped; /healthz still answers
-    s = d.setup
+    s = d
     rc, lines, _ = s.check()
     assert_lines(lines, [
         "❌ Carbon component: FAILING",
@@ -132,8 +132,8 @@ def test_stale_measurements_while_http_answers(live: dict[str, Daemon]) -> None:
 
 
 def test_daemon_down(world_tmp: Path) -> None:
-    s = Setup(world_tmp)
-    s.out.mkdir()
+    s = OpsDaemon(world_tmp)
+    s.output_dir.mkdir()
     rc, lines, _ = s.check()
     assert_lines(lines, [
         "❌ Carbon component: FAILING",
@@ -143,15 +143,15 @@ def test_daemon_down(world_tmp: Path) -> None:
     assert rc == 1
 
 
-def test_hung_daemon_is_bounded_by_timeout(live: dict[str, Daemon]) -> None:
+def test_hung_daemon_is_bounded_by_timeout(live: dict[str, OpsDaemon]) -> None:
     """SIGSTOP: the kernel still accepts the connection, nobody answers; --timeout bounds the wait."""
     d = live["healthy"]
     d.wait_records(1)
-    s = d.setup
+    s = d
     d.proc.send_signal(signal.SIGSTOP)
     try:
         t0 = time.monotonic()  # the default-timeout check runs alongside the --timeout 1 one
-        default = subprocess.Popen([TTA_CARBON, "check", *s.args()], stdout=subprocess.PIPE, text=True,
+        default = subprocess.Popen([TTA_CARBON, "check", *s.cli_args()], stdout=subprocess.PIPE, text=True,
                                    env=clean_env(), cwd=REPO)
         rc, lines, elapsed = s.check("--timeout", "1")
         default_out, _ = default.communicate(timeout=30)
@@ -172,27 +172,27 @@ def test_hung_daemon_is_bounded_by_timeout(live: dict[str, Daemon]) -> None:
 
 
 def test_unwritable_dir_read_only_mount(world_tmp: Path) -> None:
-    s = Setup(world_tmp)
-    s.out.mkdir()
-    rc, lines, _ = s.check("--no-daemon", wrap=read_only(s.out))
+    s = OpsDaemon(world_tmp)
+    s.output_dir.mkdir()
+    rc, lines, _ = s.check("--no-daemon", wrap=read_only(s.output_dir))
     assert_lines(lines, [
         "❌ Carbon component: FAILING",
-        f"❌ Cannot write to output directory: cannot write to {s.out}: Read-only file system",
+        f"❌ Cannot write to output directory: cannot write to {s.output_dir}: Read-only file system",
         "✅ codecarbon library: Available",
         "✅ Configuration: Valid",
     ])
     assert rc == 1
-    assert list(s.out.iterdir()) == []
+    assert list(s.output_dir.iterdir()) == []
 
 
 def test_unwritable_dir_as_unprivileged_user(world_tmp: Path) -> None:
     """The production mistake: output dir owned by root (0755), check run as the service user."""
-    s = Setup(world_tmp)
-    s.out.mkdir(mode=0o755)
+    s = OpsDaemon(world_tmp)
+    s.output_dir.mkdir(mode=0o755)
     rc, lines, _ = s.check("--no-daemon", wrap=as_user("nobody", "nogroup"))
     assert_lines(lines, [
         "❌ Carbon component: FAILING",
-        f"❌ Cannot write to output directory: cannot write to {s.out}: Permission denied",
+        f"❌ Cannot write to output directory: cannot write to {s.output_dir}: Permission denied",
         "✅ codecarbon library: Available",
         "✅ Configuration: Valid",
     ])
@@ -200,35 +200,34 @@ def test_unwritable_dir_as_unprivileged_user(world_tmp: Path) -> None:
 
 
 def test_missing_dir(world_tmp: Path) -> None:
-    s = Setup(world_tmp)
+    s = OpsDaemon(world_tmp)
     rc, lines, _ = s.check("--no-daemon")
     assert_lines(lines, [
         "❌ Carbon component: FAILING",
-        f"❌ Output directory does not exist: {s.out}",
+        f"❌ Output directory does not exist: {s.output_dir}",
         "✅ codecarbon library: Available",
         "✅ Configuration: Valid",
     ])
     assert rc == 1
-    assert not s.out.exists()  # the check never creates it
+    assert not s.output_dir.exists()  # the check never creates it
 
 
 def test_path_is_a_file(world_tmp: Path) -> None:
-    s = Setup(world_tmp)
-    s.out.write_text("not a directory\n")
+    s = OpsDaemon(world_tmp)
+    s.output_dir.write_text("not a directory\n")
     rc, lines, _ = s.check()
-    assert lines == [f"❌ Configuration: invalid: invalid output_dir='{s.out}' (argument output_dir): "
+    assert lines == [f"❌ Configuration: invalid: invalid output_dir='{s.output_dir}' (argument output_dir): "
                      "exists and is not a directory"]
     assert rc == 1
 
 
 def test_config_invalid(world_tmp: Path) -> None:
-    s = Setup(world_tmp)
-    s.out.mkdir()
-    s.config.write_text("# staging\nmeasurement_interval: 0\n")
-    del s.sets["measurement_interval"]
+    s = OpsDaemon(world_tmp)
+    s.output_dir.mkdir()
+    s.config.write_text("# staging\nlog_level: loud\n")
     rc, lines, _ = s.check()
-    assert lines == [f"❌ Configuration: invalid: invalid measurement_interval=0 ({s.config} line 2): "
-                     "Input should be greater than or equal to 1 (allowed: 1 to 3600 seconds)"]
+    assert lines == [f"❌ Configuration: invalid: invalid log_level='loud' ({s.config} line 2): "
+                     "Input should be 'debug', 'info', 'warning', 'error' or 'critical'"]
     assert rc == 1
 
 
@@ -238,7 +237,7 @@ def hide_codecarbon(root: Path) -> dict[str, str]:
     fake = root / "no-codecarbon" / "codecarbon"
     fake.mkdir(parents=True)
     (fake / "__init__.py").write_text(f"raise ImportError({HIDDEN!r})\n")
-    return clean_env(PYTHONPATH=str(fake.parent))
+    return {"PYTHONPATH": str(fake.parent)}
 
 
 def fake_rapl(root: Path) -> Path:
@@ -252,12 +251,12 @@ def fake_rapl(root: Path) -> Path:
 
 
 def test_codecarbon_missing_is_a_warning(world_tmp: Path) -> None:
-    s = Setup(world_tmp)
-    s.out.mkdir()
+    s = OpsDaemon(world_tmp)
+    s.output_dir.mkdir()
     rc, lines, _ = s.check("--no-daemon", env=hide_codecarbon(world_tmp), overrides={"intensity_g_per_kwh": "250"})
     assert_lines(lines, [
         "✅ Carbon component: OK",
-        f"✅ Output directory writable: {s.out}",
+        f"✅ Output directory writable: {s.output_dir}",
         f"⚠️  codecarbon library: Not available (graceful degradation): ImportError: {HIDDEN}",
         "✅ Configuration: Valid",
     ])
@@ -265,8 +264,8 @@ def test_codecarbon_missing_is_a_warning(world_tmp: Path) -> None:
 
 
 def test_codecarbon_missing_without_intensity_is_a_config_error(world_tmp: Path) -> None:
-    s = Setup(world_tmp)
-    s.out.mkdir()
+    s = OpsDaemon(world_tmp)
+    s.output_dir.mkdir()
     rc, lines, _ = s.check("--no-daemon", env=hide_codecarbon(world_tmp))
     assert lines == ["❌ Configuration: invalid: invalid configuration: no carbon intensity: codecarbon (which "
                      "ships the country energy mix) is not installed; set intensity_g_per_kwh "
@@ -274,18 +273,17 @@ def test_codecarbon_missing_without_intensity_is_a_config_error(world_tmp: Path)
     assert rc == 1
 
 
-def test_codecarbon_missing_daemon_measures_with_rapl(world_tmp: Path, daemons: list[Daemon]) -> None:
+def test_codecarbon_missing_daemon_measures_with_rapl(world_tmp: Path, daemons: list[OpsDaemon]) -> None:
     """Graceful degradation end to end: no codecarbon, RAPL readable -> healthy and measured."""
-    s = Setup(world_tmp)
     env = hide_codecarbon(world_tmp)
-    extra = {"intensity_g_per_kwh": "250", "powercap_root": str(fake_rapl(world_tmp))}
-    d = Daemon(s, env=env, **extra)
-    daemons.append(d)
-    d.wait_records(1)
-    rc, lines, _ = s.check(env=env, overrides=extra)
+    s = OpsDaemon(world_tmp, env=env, settings={"intensity_g_per_kwh": "250",
+                                                "powercap_root": str(fake_rapl(world_tmp))})
+    daemons.append(s.start())
+    s.wait_records(1)
+    rc, lines, _ = s.check(env=env)
     assert_lines(lines, [
         "✅ Carbon component: OK",
-        f"✅ Output directory writable: {s.out}",
+        f"✅ Output directory writable: {s.output_dir}",
         f"⚠️  codecarbon library: Not available (graceful degradation): ImportError: {HIDDEN}",
         "✅ Configuration: Valid",
         f"✅ Daemon: /metrics reachable at http://127.0.0.1:{s.port}/metrics",
@@ -297,29 +295,25 @@ def test_codecarbon_missing_daemon_measures_with_rapl(world_tmp: Path, daemons: 
     assert rc == 0
 
 
-def test_codecarbon_missing_no_rapl_still_estimates(world_tmp: Path, daemons: list[Daemon]) -> None:
+def test_codecarbon_missing_no_rapl_still_estimates(world_tmp: Path, daemons: list[OpsDaemon]) -> None:
     """The default estimate needs no codecarbon import: it degrades to the documented default TDP."""
-    s = Setup(world_tmp)
     env = hide_codecarbon(world_tmp)
-    extra = {"intensity_g_per_kwh": "250", "powercap_root": str(world_tmp / "no-powercap")}
-    d = Daemon(s, env=env, **extra)
-    daemons.append(d)
-    d.wait_records(1)
-    rc, lines, _ = s.check(env=env, overrides=extra)
+    s = OpsDaemon(world_tmp, env=env, settings={"intensity_g_per_kwh": "250",
+                                                "powercap_root": str(world_tmp / "no-powercap")})
+    daemons.append(s.start())
+    s.wait_records(1)
+    rc, lines, _ = s.check(env=env)
     assert "⚠️  Energy method: estimated, not measured (cpu=cpu_load_tdp, ram=constant)" in lines
     assert lines[0] == "✅ Carbon component: OK"
     assert rc == 0
 
 
-def test_codecarbon_source_missing_fails_on_energy_source(world_tmp: Path, daemons: list[Daemon]) -> None:
-    s = Setup(world_tmp)
+def test_codecarbon_source_missing_fails_on_energy_source(world_tmp: Path, daemons: list[OpsDaemon]) -> None:
     env = hide_codecarbon(world_tmp)
-    extra = {"intensity_g_per_kwh": "250", "powercap_root": str(world_tmp / "no-powercap"),
-             "energy_source": "codecarbon"}
-    d = Daemon(s, env=env, **extra)
-    daemons.append(d)
-    d.wait_for(lambda h: True, "/healthz")
-    rc, lines, _ = s.check(env=env, overrides=extra)
+    s = OpsDaemon(world_tmp, env=env, settings={"intensity_g_per_kwh": "250", "energy_source": "codecarbon",
+                                                "powercap_root": str(world_tmp / "no-powercap")})
+    daemons.append(s.start())
+    rc, lines, _ = s.check(env=env)
     assert f"❌ Energy source: unavailable: codecarbon cannot be imported: ImportError: {HIDDEN}" in lines
     assert lines[0] == "❌ Carbon component: FAILING"
     assert rc == 1

@@ -4,8 +4,8 @@ The test copy differs from the shipped file only in its paths (a temp dir instea
 /var/log/tta/staging) and its account (a real one made for the test, not tta-user, which
 other sessions on the host may be using). `systemctl` in postrotate is the one stand-in: systemd is not PID 1
 here, so a small shim on PATH records its arguments and delivers the real SIGHUP the real
-`systemctl kill` would send. The same lines against a real systemd are exercised by the
-namespaced-systemd suite (tests/system/).
+`systemctl kill` would send. The same file against a real systemd, installed by the real
+installer: tests/system/test_operations_systemd.py.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.ops_helpers import REPO, TTA_CARBON, Daemon, Setup, as_user, clean_env, require_root
+from tests.integration.ops_helpers import REPO, TTA_CARBON, OpsDaemon, as_user, clean_env, require_root
 
 SHIPPED = REPO / "deploy" / "logrotate" / "tta-staging"
 UNIT = "tta-staging-carbon.service"
@@ -106,18 +106,17 @@ def test_rotation_while_the_daemon_writes(service_account: tuple[str, str], worl
     user, group = service_account
     uid, gid = pwd.getpwnam(user).pw_uid, pwd.getpwnam(user).pw_gid
     logdir = world_tmp / "log"  # plays /var/log/tta/staging
-    s = Setup(world_tmp)
-    s.out = logdir / "codecarbon"
-    s.log = logdir / "carbon.log"
-    s.sets.update(output_dir=str(s.out), log_file=str(s.log), log_level="debug")  # debug: one line per interval
-    for d in (logdir, s.out, s.state):
+    out, log = logdir / "codecarbon", logdir / "carbon.log"
+    settings = {"output_dir": str(out), "log_file": str(log), "log_level": "debug"}  # debug: a line per interval
+    daemon = OpsDaemon(world_tmp / "daemon", settings=settings, wrap=as_user(user, group))
+    for d in (logdir, out, daemon.state_dir):
         d.mkdir(mode=0o755, exist_ok=True)
         os.chown(d, uid, gid)
     shipped = as_test_copy(SHIPPED.read_text(), logdir, user, group)
     # An old install may still carry the seed guide's NDJSON block (we no longer ship one):
     # rotating the dated files must not lose or double-count a record either.
     legacy = f"""
-{s.out}/*.json {{
+{out}/*.json {{
     weekly
     rotate 12
     compress
@@ -130,21 +129,21 @@ def test_rotation_while_the_daemon_writes(service_account: tuple[str, str], worl
     state = world_tmp / "logrotate.status"
     calls = world_tmp / "systemctl.calls"
 
-    daemon = Daemon(s, wrap=as_user(user, group))
+    daemon.start()
     try:
         daemon.wait_records(2)
         assert daemon.health()["write_errors"] == 0
-        systemctl_shim(world_tmp / "bin", calls, daemon.pid)
+        systemctl_shim(world_tmp / "bin", calls, daemon.proc.pid)
         env = clean_env(PATH=f"{world_tmp / 'bin'}:{os.environ['PATH']}")
-        today = s.out / f"emissions_{datetime.now(UTC):%Y-%m-%d}.json"
-        assert s.log.stat().st_uid == uid and (s.log.stat().st_mode & 0o777) == 0o640
+        today = out / f"emissions_{datetime.now(UTC):%Y-%m-%d}.json"
+        assert log.stat().st_uid == uid and (log.stat().st_mode & 0o777) == 0o640
 
         # -- first rotation: renamed, not compressed yet (delaycompress) ---------------------
         first_inode = today.stat().st_ino
         r1 = logrotate("-f", "-s", str(state), str(conf), env=env)
         assert r1.returncode == 0, r1.stderr
         assert Path(f"{today}.1").stat().st_ino == first_inode
-        assert Path(f"{s.log}.1").exists()
+        assert Path(f"{log}.1").exists()
         assert not list(logdir.rglob("*.gz"))
         seen = daemon.health()["records_written"]
         h = daemon.wait_records(seen + 1)
@@ -152,16 +151,16 @@ def test_rotation_while_the_daemon_writes(service_account: tuple[str, str], worl
         fresh = lines_of([today])
         assert today.stat().st_ino != first_inode
         assert fresh and fresh[0]["seq"] > max(r["seq"] for r in lines_of([Path(f"{today}.1")]))
-        log_now = lines_of([s.log])
+        log_now = lines_of([log])
         assert any(e.get("event") == "reloaded" for e in log_now), log_now
-        assert s.log.stat().st_uid == uid and (s.log.stat().st_mode & 0o777) == 0o640
+        assert log.stat().st_uid == uid and (log.stat().st_mode & 0o777) == 0o640
         assert h["write_errors"] == 0
 
         # -- second rotation: the previous .1 is compressed ---------------------------------
         r2 = logrotate("-f", "-s", str(state), str(conf), env=env)
         assert r2.returncode == 0, r2.stderr
-        assert Path(f"{today}.2.gz").exists() and Path(f"{s.log}.2.gz").exists()
-        assert Path(f"{today}.1").exists() and Path(f"{s.log}.1").exists()
+        assert Path(f"{today}.2.gz").exists() and Path(f"{log}.2.gz").exists()
+        assert Path(f"{today}.1").exists() and Path(f"{log}.1").exists()
         seen = daemon.health()["records_written"]
         daemon.wait_records(seen + 1)
     finally:
@@ -169,7 +168,7 @@ def test_rotation_while_the_daemon_writes(service_account: tuple[str, str], worl
     assert rc == 0
 
     # -- nothing lost, nothing torn, nothing twice ------------------------------------------
-    ndjson = sorted(s.out.iterdir())
+    ndjson = sorted(out.iterdir())
     assert [p.name for p in ndjson] == [today.name, f"{today.name}.1", f"{today.name}.2.gz"]
     records = lines_of(ndjson)
     seqs = sorted(r["seq"] for r in records)
@@ -192,7 +191,7 @@ def test_rotation_while_the_daemon_writes(service_account: tuple[str, str], worl
     assert calls.read_text().splitlines() == expected_calls
 
     # tta-carbon report counts every record, the compressed ones included, exactly once.
-    rep = subprocess.run([TTA_CARBON, "report", "--json", "--dir", str(s.out)], capture_output=True, text=True,
+    rep = subprocess.run([TTA_CARBON, "report", "--json", "--dir", str(out)], capture_output=True, text=True,
                          env=clean_env(), timeout=30)
     assert rep.returncode == 0, rep.stderr
     doc = json.loads(rep.stdout)

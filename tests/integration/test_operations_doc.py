@@ -1,12 +1,16 @@
 """Runs docs/operations.md: every `bash local` block, as written, against a throwaway install.
 
-The install is a git clone of this repository (plus uncommitted edits) with `uv sync --frozen`,
-config from config/staging.yaml + config/environment, and a real daemon running this code.
-Only locations are rewritten: /opt, /etc, /var paths into a temp dir, port 9880 to a free
-port, `<commit>` to the clone's commit, the account to one made for the test, and logrotate
-gets a private state file. The
-`bash systemd` blocks need systemd as PID 1 (tests/system/ covers them); here they are only
-checked to hold nothing else. `bash script` blocks are the colleagues' scripts' own tests.
+The install mirrors what scripts/install_staging.sh leaves: a source checkout, and
+/opt/tta/staging a clone of it (plus this working tree's uncommitted edits) synced with
+`uv sync --frozen --no-dev --compile-bytecode` and owned by the service account; config from
+config/staging.yaml + config/environment; a real daemon running this code. Only locations
+are rewritten: /opt, /etc, /var, /usr/local/src paths into a temp dir, port 9880 to a free
+port, `<commit>` to the checkout's commit, the account to one made for the test, and
+logrotate gets a private state file.
+
+`bash systemd` blocks need systemd as PID 1: tests/system/test_operations_systemd.py runs
+them; here they are only checked to hold nothing else. `bash script` blocks are the
+installer and rollback scripts, tested by tests/system/test_install_scripts.py.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.ops_helpers import REPO, TTA_CARBON, Daemon, Setup, clean_env, free_port, require_root
+from tests.integration.ops_helpers import REPO, TTA_CARBON, OpsDaemon, clean_env, free_port, require_root
 
 DOC = REPO / "docs" / "operations.md"
 UNIT = "tta-staging-carbon"
@@ -52,12 +56,12 @@ def normalise(text: str) -> str:
     return re.sub(r"emissions_\d{4}-\d\d-\d\d", "emissions_DATE", text)
 
 
-def test_local_blocks_run_against_a_local_install(service_account: tuple[str, str], world_tmp: Path) -> None:
+def test_local_blocks_run_against_a_local_install(service_account: tuple[str, str], shm_tmp: Path) -> None:
     require_root()
     if shutil.which("uv") is None:
         pytest.skip("uv not on PATH")
     user, group = service_account
-    root, port = world_tmp, free_port()
+    root, port = shm_tmp, free_port()
     opt = root / "opt/tta/staging"
     etc = root / "etc/tta/staging"
     logdir = root / "var/log/tta/staging"
@@ -65,9 +69,9 @@ def test_local_blocks_run_against_a_local_install(service_account: tuple[str, st
 
     def relocate(text: str) -> str:
         for path in ("/opt/tta/staging", "/etc/tta/staging", "/var/log/tta/staging", "/var/lib/tta/staging",
-                     "/etc/logrotate.d/tta-staging", "/var/backups/tta"):
+                     "/etc/logrotate.d/tta-staging", "/var/backups/tta", "/usr/local/src/tta"):
             text = text.replace(path, f"{root}{path}")
-        return text.replace("9880", str(port))
+        return text.replace("9880", str(port)).replace("tta-user:tta-group", f"{user}:{group}")
 
     # -- config, directories and the daemon (as systemd would run it) ----------------------
     env = clean_env(UV_OFFLINE="1", TTA_CONFIG=f"{etc}/config.yaml", TTA_ENV_FILE=f"{etc}/environment")
@@ -87,23 +91,29 @@ def test_local_blocks_run_against_a_local_install(service_account: tuple[str, st
     old_day = datetime.now(UTC).date() - timedelta(weeks=13)
     old_file = logdir / "codecarbon" / f"emissions_{old_day}.json"
     old_file.write_text('{"run_id":"old","seq":1}\n')
-    (root / "scratch").mkdir()
     # The daemon runs this checkout's code (it starts while the install below is made).
-    daemon = Daemon(Setup(root / "scratch", port=port), env=env, argv=[TTA_CARBON, "run"])
+    daemon = OpsDaemon(root / "daemon", port=port, command=[TTA_CARBON, "run"],
+                       env={"TTA_CONFIG": f"{etc}/config.yaml", "TTA_ENV_FILE": f"{etc}/environment"})
+    daemon.start(wait_ready=False)
     try:
-        # -- the install the blocks use: a clone (plus uncommitted edits) + uv sync --frozen --
-        subprocess.run(["git", "clone", "-q", str(REPO), str(opt)], check=True)
+        # -- what scripts/install_staging.sh leaves: a source checkout, and /opt/tta/staging a
+        # clone of it synced like the installer does and owned by the service account. Both
+        # carry this working tree's uncommitted edits too.
+        source = root / "usr/local/src/tta"
         listed = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=REPO, check=True,
                                 capture_output=True).stdout.decode().split("\0")
-        for rel in filter(None, listed):
-            src = REPO / rel
-            if src.is_file() and not src.is_symlink():
-                (opt / rel).parent.mkdir(parents=True, exist_ok=True)
-                shutil.copy2(src, opt / rel)
-        env.pop("PYTHONDONTWRITEBYTECODE", None)  # a real install keeps .pyc files: blocks start faster
-        subprocess.run(["uv", "sync", "--frozen", "--quiet"], cwd=opt, env=env, check=True, timeout=120)
+        for checkout in (source, opt):
+            subprocess.run(["git", "clone", "-q", str(REPO), str(checkout)], check=True)
+            for rel in filter(None, listed):
+                src = REPO / rel
+                if src.is_file() and not src.is_symlink():
+                    (checkout / rel).parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copy2(src, checkout / rel)
+        subprocess.run(["uv", "sync", "--frozen", "--no-dev", "--compile-bytecode", "--quiet"], cwd=opt,
+                       env={**env, "UV_LINK_MODE": "copy"}, check=True, timeout=300)
+        subprocess.run(["chown", "-R", f"{user}:{group}", str(opt)], check=True)
         daemon.wait_records(1)
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=opt, capture_output=True, text=True,
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=source, capture_output=True, text=True,
                                 check=True).stdout.strip()
         found = blocks(DOC.read_text())
         ran = 0

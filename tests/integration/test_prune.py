@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.ops_helpers import REPO, TTA_CARBON, Setup, clean_env
+from tests.integration.ops_helpers import REPO, TTA_CARBON, OpsDaemon, clean_env
 from src.components.carbon.prune import make_plan, parse_age
 
 DAY = timedelta(days=1)
@@ -146,16 +146,16 @@ def test_archive_then_delete_and_report_still_reads_it(outdir: dict[str, Path], 
 
 
 def test_uses_the_configured_output_dir(tmp_path: Path) -> None:
-    s = Setup(tmp_path)
-    s.out.mkdir()
-    old = s.out / f"emissions_{datetime.now(UTC).date() - 100 * DAY}.json"
+    s = OpsDaemon(tmp_path)
+    s.output_dir.mkdir()
+    old = s.output_dir / f"emissions_{datetime.now(UTC).date() - 100 * DAY}.json"
     old.write_bytes(b"{}\n")
-    proc = subprocess.run([TTA_CARBON, "prune", *s.args(), "--older-than", "12w", "--apply"],
+    proc = subprocess.run([TTA_CARBON, "prune", *s.cli_args(), "--older-than", "12w", "--apply"],
                           capture_output=True, text=True, env=clean_env(), cwd=REPO, timeout=30)
     assert proc.returncode == 0, proc.stderr
     assert f"deleted {old.name}" in proc.stdout.splitlines()
     assert proc.stdout.splitlines()[-1].startswith("pruned 1 file(s), 3 bytes, older than 84d")
-    bad = subprocess.run([TTA_CARBON, "prune", *s.args(measurement_interval="0"), "--older-than", "30d"],
+    bad = subprocess.run([TTA_CARBON, "prune", *s.cli_args(measurement_interval="0"), "--older-than", "30d"],
                          capture_output=True, text=True, env=clean_env(), cwd=REPO, timeout=30)
     assert bad.returncode == 78 and "config error: invalid measurement_interval" in bad.stderr
 
