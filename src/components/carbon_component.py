@@ -61,7 +61,7 @@ class CarbonComponent:
         self.ledger_note = ""
         self._source: EnergySource | None = None
         self._accountant: Accountant | None = None
-        self._ledger = Ledger(Path(config.state_dir))
+        self._ledger = Ledger(Path(config.state_dir), self.output_dir)
         self._ndjson = NdjsonSink(self.output_dir)
         self._prometheus = PrometheusSink()
         self._server: MetricsServer | None = None
