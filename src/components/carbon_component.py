@@ -66,7 +66,7 @@ class CarbonComponent:
         self._cpu_time: CpuTimeSampler | None = None
         self._source: EnergySource | None = None
         self._accountant: Accountant | None = None
-        self._ledger = Ledger(Path(config.state_dir))
+        self._ledger = Ledger(Path(config.state_dir), self.output_dir)
         self._ndjson = NdjsonSink(self.output_dir)
         self._prometheus = PrometheusSink()
         self._server: MetricsServer | None = None
@@ -300,5 +300,7 @@ class CarbonComponent:
     def _health_route(self) -> tuple[bool, bytes]:
         h = self.health
         fresh = h.last_success_at > 0 and time.time() - h.last_success_at < 3 * h.interval_s
-        ok = h.tracker_available and h.write_errors == 0 and (fresh or h.measurements == 0)
+        # Unhealthy while a write is failing or records wait in memory; healthy again once the disk
+        # takes them (write_errors stays as a counter, for the record).
+        ok = h.tracker_available and not h.last_write_error and h.records_pending == 0 and (fresh or h.measurements == 0)
         return ok, json.dumps(h.as_dict()).encode() + b"\n"

@@ -88,6 +88,8 @@ class Daemon:
             energy_source=comp.source_reason, ledger=comp.ledger_note, attribution=comp.attribution_note,
             intensity_g_per_kwh=comp.health.intensity_g_per_kwh, intensity_source=comp.health.intensity_source,
         )
+        if "is damaged" in comp.ledger_note:
+            log.error("state_file_damaged", error=comp.ledger_note)
         if comp.health.tracker_error:
             log.error("energy_source_unavailable", error=comp.health.tracker_error)
         if logs.TEE.error:
