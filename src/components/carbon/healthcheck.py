@@ -103,9 +103,14 @@ def live_checks(config: TTAConfig, timeout_s: float, now: float | None = None) -
         # Before the first interval there is nothing to append yet.
         checks.append(Check("records", WARN if last <= 0 else FAIL, f"Today's records: {today} missing"))
     write_errors = int(health.get("write_errors", 0))
-    if write_errors:
-        checks.append(Check("write_errors", FAIL, f"Write errors: {write_errors} "
-                                                  f"(last: {health.get('last_write_error') or 'n/a'})"))
+    pending = int(health.get("records_pending", 0))
+    failing_now = health.get("last_write_error") or ""
+    if failing_now or pending:
+        checks.append(Check("write_errors", FAIL, f"Write errors: {write_errors}, {pending} record(s) waiting "
+                                                  f"(last: {failing_now or 'n/a'})"))
+    elif write_errors:
+        # The disk refused writes earlier but took every record since: worth a look, not a page.
+        checks.append(Check("write_errors", WARN, f"Write errors: {write_errors} earlier, none pending now"))
     else:
         checks.append(Check("write_errors", OK, "Write errors: 0"))
     methods = health.get("energy_method") or {}
