@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
 import subprocess
@@ -11,7 +10,6 @@ import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import pytest
 
 from tests.reliability.conftest import health, metrics, read_lines, wait_until
 from tests.support.daemon import DaemonProc
@@ -41,7 +39,7 @@ def test_output_dir_deleted_while_running(daemon_factory, figures):
     d = daemon_factory().start()
     d.wait_for_records(2)
     shutil.rmtree(d.output_dir)
-    after = wait_until(lambda: d.output_dir.exists() and d.records(), what="records in the recreated dir")
+    wait_until(lambda: d.output_dir.exists() and d.records(), what="records in the recreated dir")
     assert d.proc.poll() is None
     status, h = health(d)
     assert status == 200 and h["write_errors"] == 0

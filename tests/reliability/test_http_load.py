@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from tests.reliability.conftest import FULL, http_get, lateness, thread_count, wait_until
+from tests.reliability.conftest import FULL, http_get, lateness, thread_count
 
 
 def _raw(port: int, payload: bytes, timeout: float = 10.0) -> bytes:

@@ -13,8 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.reliability.conftest import FULL, read_lines, wait_until
-from tests.support.daemon import REPO
+from tests.reliability.conftest import FULL, read_lines
 
 DRIVER = Path(__file__).with_name("ndjson_writer_driver.py")
 COMPONENTS = ("cpu", "ram", "gpu")
