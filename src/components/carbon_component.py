@@ -26,6 +26,7 @@ from src.components.carbon.record import EmissionsRecord, Intensity, IntervalEne
 from src.components.carbon.sinks.http_server import MetricsServer, Routes
 from src.components.carbon.sinks.ndjson import NdjsonSink
 from src.components.carbon.sinks.prometheus import CONTENT_TYPE, PrometheusSink
+from src.components.carbon.sinks.web_config import BasicAuth, WebConfig, load_web_config
 from src.components.carbon.sources import EnergySource
 from src.components.carbon.sources.cgroups import CpuTimeDelta, CpuTimeSampler
 from src.orchestration import TTAConfig
@@ -122,9 +123,11 @@ class CarbonComponent:
         self._refresh_health_files()
         self._prometheus.update(self.health, None)
         if serve_metrics:
+            web = load_web_config(cfg.metrics_web_config) if cfg.metrics_web_config else WebConfig()
             self._server = MetricsServer(
                 cfg.metrics_address, cfg.metrics_port,
                 Routes(self._prometheus.page, CONTENT_TYPE, self._health_route),
+                ssl_context=web.ssl_context(), auth=BasicAuth(web.users) if web.users else None,
             )
             self._server.start()
         self._last_mono = time.monotonic()

@@ -86,6 +86,7 @@ class TTAConfig(BaseSettings):
     ram_watts: float | None = Field(None, gt=0, le=2000, allow_inf_nan=False)
     powercap_root: Path = Path("/sys/class/powercap")
     record_hostname: bool = True
+    metrics_web_config: Path | None = None
     # Per-systemd-unit attribution (docs/attribution.md).
     attribution_enabled: bool = True
     cgroup_root: Path = Path("/sys/fs/cgroup")
@@ -191,6 +192,20 @@ class TTAConfig(BaseSettings):
     def _directory_path(cls, value: Path) -> Path:
         if _path_kind(value) == "other":
             raise ValueError("exists and is not a directory")
+        return value
+
+    @field_validator("metrics_web_config", mode="before")
+    @classmethod
+    def _web_config_empty(cls, value: Any) -> Any:
+        return None if isinstance(value, str) and value.strip() == "" else value
+
+    @field_validator("metrics_web_config")
+    @classmethod
+    def _web_config(cls, value: Path | None) -> Path | None:
+        if value is not None:
+            from src.components.carbon.sinks.web_config import load_web_config
+
+            load_web_config(value)  # ValueError: one line naming the problem
         return value
 
     @field_validator("log_file")

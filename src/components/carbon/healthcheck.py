@@ -8,6 +8,7 @@ that feeds /metrics.
 from __future__ import annotations
 
 import json
+import ssl
 import sys
 import time
 import urllib.error
@@ -63,9 +64,17 @@ def static_checks(load: Callable[[], TTAConfig]) -> tuple[list[Check], TTAConfig
 
 def live_checks(config: TTAConfig, timeout_s: float, now: float | None = None) -> list[Check]:
     host = f"[{config.metrics_address}]" if ":" in config.metrics_address else config.metrics_address
-    base = f"http://{host}:{config.metrics_port}"
+    scheme, context = "http", None
+    if config.metrics_web_config is not None:
+        from src.components.carbon.sinks.web_config import load_web_config
+
+        if load_web_config(config.metrics_web_config).tls:
+            # Probing our own daemon at its configured address: the certificate names the
+            # host Prometheus scrapes, not this address, so the chain is not checked here.
+            scheme, context = "https", ssl._create_unverified_context()  # noqa: S323
+    base = f"{scheme}://{host}:{config.metrics_port}"
     try:
-        with urllib.request.urlopen(f"{base}/healthz", timeout=timeout_s) as resp:  # noqa: S310 (our own loopback URL)
+        with urllib.request.urlopen(f"{base}/healthz", timeout=timeout_s, context=context) as resp:  # noqa: S310
             health = json.loads(resp.read())
     except urllib.error.HTTPError as exc:  # 503 still carries the snapshot
         health = json.loads(exc.read() or b"{}")
