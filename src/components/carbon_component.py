@@ -99,7 +99,8 @@ class CarbonComponent:
         self.health.total_energy_j = sum(totals.energy_j.values())
         cfg = self.config
         source, self.source_reason = select_source(
-            cfg.energy_source, cfg.powercap_root, cfg.country_iso_code, cfg.project_name, self.output_dir
+            cfg.energy_source, cfg.powercap_root, cfg.country_iso_code, cfg.project_name, self.output_dir,
+            cfg.cpu_tdp_watts, cfg.ram_watts,
         )
         self.health.energy_source = source.name
         try:
@@ -109,6 +110,8 @@ class CarbonComponent:
         except SourceUnavailable as exc:
             # Keep serving metrics and health: they are how the operator learns about this.
             self.health.tracker_error = str(exc)
+        except Exception as exc:  # a source bug must not take the exporter down either
+            self.health.tracker_error = f"{source.name} failed to open: {type(exc).__name__}: {exc}"
         self._set_intensity(self._intensity)
         self._refresh_health_files()
         self._prometheus.update(self.health, None)

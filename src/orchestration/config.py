@@ -2,20 +2,20 @@
 
 from __future__ import annotations
 
-import importlib.util
 import ipaddress
-import json
 import os
 import re
+import stat
 from contextvars import ContextVar
-from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic.fields import FieldInfo
+from pydantic_core import PydanticCustomError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from src.components.carbon.reference_data import energy_mix
 from src.orchestration.sources import (
     CONFIG_FILE_DEFAULT,
     ENV_FILE_DEFAULT,
@@ -24,7 +24,11 @@ from src.orchestration.sources import (
     env_file_layer,
     env_name,
     environment_layer,
+    file_exists,
     locate,
+    looks_secret,
+    short_repr,
+    show,
     yaml_layer,
 )
 
@@ -36,27 +40,9 @@ _layers: ContextVar[list[Layer]] = ContextVar("tta_config_layers", default=[])
 _environ: ContextVar[dict[str, str] | None] = ContextVar("tta_config_environ", default=None)
 
 
-@lru_cache(maxsize=1)
-def codecarbon_energy_mix() -> dict[str, dict] | None:
-    """codecarbon's bundled per-country energy mix; None when codecarbon is not installed.
-
-    Located with find_spec, which does not run codecarbon/__init__.py: that imports the
-    tracker and pandas (~0.3 s), and raises when codecarbon is broken or missing, which
-    must degrade gracefully rather than crash config loading.
-    """
-    try:
-        spec = importlib.util.find_spec("codecarbon")
-        if spec is None or not spec.submodule_search_locations:
-            return None
-        package = Path(next(iter(spec.submodule_search_locations)))
-        return json.loads((package / "data/private_infra/global_energy_mix.json").read_bytes())
-    except (ImportError, OSError, ValueError):
-        return None
-
-
 def known_country_codes() -> frozenset[str] | None:
     """ISO 3166-1 alpha-3 codes for which codecarbon ships an energy mix; None if unknown."""
-    mix = codecarbon_energy_mix()
+    mix = energy_mix()
     return None if mix is None else frozenset(mix)
 
 
@@ -95,7 +81,9 @@ class TTAConfig(BaseSettings):
     intensity_g_per_kwh: float | None = Field(None, gt=0, le=3000, allow_inf_nan=False)
     offline: bool = True
     electricitymaps_token: SecretStr | None = None
-    energy_source: Literal["auto", "codecarbon", "rapl"] = "auto"
+    energy_source: Literal["auto", "rapl", "cpu_load_tdp", "codecarbon"] = "auto"
+    cpu_tdp_watts: float | None = Field(None, gt=0, le=5000, allow_inf_nan=False)
+    ram_watts: float | None = Field(None, gt=0, le=2000, allow_inf_nan=False)
     powercap_root: Path = Path("/sys/class/powercap")
     record_hostname: bool = True
 
@@ -123,19 +111,15 @@ class TTAConfig(BaseSettings):
         environ = _environ.get()
         environ = dict(os.environ) if environ is None else environ
         layers.append(environment_layer(environ, fields))
-        env_path, env_asked = locate(
+        env_path, env_origin = locate(
             init_kwargs.get("env_file"), "TTA_ENV_FILE", environ, layers, "env_file", ENV_FILE_DEFAULT
         )
-        if env_asked or env_path.exists():
-            if not env_path.exists():
-                raise ConfigError(f"environment file {env_path} does not exist (set by TTA_ENV_FILE or --env-file)")
+        if file_exists(env_path, "environment file", env_origin):
             layers.append(env_file_layer(env_path, fields))
-        yaml_path, yaml_asked = locate(
+        yaml_path, yaml_origin = locate(
             init_kwargs.get("config_file"), "TTA_CONFIG", environ, layers, "config_file", CONFIG_FILE_DEFAULT
         )
-        if yaml_asked or yaml_path.exists():
-            if not yaml_path.exists():
-                raise ConfigError(f"config file {yaml_path} does not exist (set by TTA_CONFIG or --config)")
+        if file_exists(yaml_path, "config file", yaml_origin):
             layers.append(yaml_layer(yaml_path, fields))
         _layers.get().extend(layers)
         return (init_settings, *(_LayerSource(settings_cls, layer) for layer in layers[1:]))
@@ -145,11 +129,20 @@ class TTAConfig(BaseSettings):
     def _lower_level(cls, value: Any) -> Any:
         return value.strip().lower() if isinstance(value, str) else value
 
-    @field_validator("region", "log_file", "intensity_g_per_kwh", "electricitymaps_token", mode="before")
+    @field_validator("region", "log_file", "intensity_g_per_kwh", "electricitymaps_token", "cpu_tdp_watts",
+                     "ram_watts", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: Any) -> Any:
         # An empty value in an env file means "not set", as systemd operators expect.
         return None if isinstance(value, str) and value.strip() == "" else value
+
+    @field_validator("measurement_interval", "metrics_port", "intensity_g_per_kwh", mode="before")
+    @classmethod
+    def _number_not_bool(cls, value: Any) -> Any:
+        # pydantic reads True as 1: `measurement_interval: yes` must not mean one second, nor `metrics_port: on` port 1.
+        if isinstance(value, bool):
+            raise ValueError("must be a number, not a boolean")
+        return value
 
     @field_validator("metrics_address")
     @classmethod
@@ -170,29 +163,42 @@ class TTAConfig(BaseSettings):
             raise ValueError("must be a known ISO 3166-1 alpha-3 country code such as USA, FRA or DEU")
         return code
 
+    @field_validator("output_dir", "state_dir", "powercap_root", mode="before")
+    @classmethod
+    def _path_not_empty(cls, value: Any) -> Any:
+        # Path("") is the current directory: an empty CARBON_OUTPUT_DIR= must not mean "write here".
+        if isinstance(value, str) and value.strip() == "":
+            raise ValueError("must not be empty")
+        return value
+
     @field_validator("output_dir", "state_dir")
     @classmethod
     def _directory_path(cls, value: Path) -> Path:
-        if value.exists() and not value.is_dir():
+        if _path_kind(value) == "other":
             raise ValueError("exists and is not a directory")
         return value
 
     @field_validator("log_file")
     @classmethod
     def _log_file_path(cls, value: Path | None) -> Path | None:
-        if value is not None and value.is_dir():
+        if value is not None and _path_kind(value) == "dir":
             raise ValueError("is a directory; give a file path, or an empty value for no log file")
         return value
 
     @model_validator(mode="after")
     def _online_needs_token(self) -> TTAConfig:
         if not self.offline and self.electricitymaps_token is None:
-            raise ValueError("offline=false needs electricitymaps_token (CARBON_ELECTRICITYMAPS_TOKEN)")
+            # ctx["setting"] lets _describe name offline's value and where it was set.
+            raise PydanticCustomError(
+                "offline_needs_token",
+                "offline=false needs electricitymaps_token (CARBON_ELECTRICITYMAPS_TOKEN)",
+                {"setting": "offline"},
+            )
         return self
 
     @model_validator(mode="after")
     def _intensity_available(self) -> TTAConfig:
-        if self.intensity_g_per_kwh is None and codecarbon_energy_mix() is None:
+        if self.intensity_g_per_kwh is None and energy_mix() is None:
             raise ValueError("no carbon intensity: codecarbon (which ships the country energy mix) is not "
                              "installed; set intensity_g_per_kwh (CARBON_INTENSITY_G_PER_KWH)")
         return self
@@ -214,20 +220,38 @@ class TTAConfig(BaseSettings):
         return data
 
 
+def _path_kind(path: Path) -> str:
+    """'missing', 'dir' or 'other'; ValueError (a one-line reason) when the path cannot be checked."""
+    if "\x00" in str(path):
+        raise ValueError("contains a NUL byte")
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        return "missing"
+    except OSError as exc:  # ENAMETOOLONG, EACCES on a parent, ENOTDIR, ELOOP...
+        raise ValueError(f"cannot be used: {exc.strerror}") from None
+    return "dir" if stat.S_ISDIR(mode) else "other"
+
+
 def _describe(exc: ValidationError, layers: list[Layer]) -> str:
     """Turn pydantic's report into one line per problem naming key, value and origin."""
     lines = []
     for err in exc.errors(include_url=False):
         loc = err.get("loc") or ()
+        setting = (err.get("ctx") or {}).get("setting")
+        if not loc and setting:  # a model-level check about one setting: report that setting
+            loc = (setting,)
         key = str(loc[0]) if loc else "config"
+        # The value as the operator wrote it (before normalising validators), from the layer that won.
+        raw = next((layer.values[key] for layer in layers if key in layer.values), err.get("input"))
         origin = next((layer.origins[key] for layer in layers if key in layer.origins), None)
         if origin is None:
             origin = "default" if key in TTAConfig.model_fields else "unknown source"
-        raw = err.get("input")
-        shown = "***" if key == "electricitymaps_token" else _short(raw)
+        origin = show(origin)
+        shown = "***" if key == "electricitymaps_token" or looks_secret(key) else short_repr(raw)
         msg = err.get("msg", "invalid").removeprefix("Value error, ")
         if err.get("type") == "extra_forbidden":
-            lines.append(f"unknown setting {key}={shown} ({origin})")
+            lines.append(f"unknown setting {show(key)}={shown} ({origin})")
         elif key == "config":
             lines.append(f"invalid configuration: {msg}")
         else:
@@ -237,8 +261,3 @@ def _describe(exc: ValidationError, layers: list[Layer]) -> str:
                 origin = f"default; override with {env_name(key)}"
             lines.append(f"invalid {key}={shown} ({origin}): {msg}")
     return "; ".join(lines)
-
-
-def _short(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."

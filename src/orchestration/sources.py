@@ -7,6 +7,7 @@ names the key, the bad value and *where it came from* (env var, file and line).
 from __future__ import annotations
 
 import re
+import reprlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,12 +21,34 @@ CONFIG_FILE_DEFAULT = Path("/etc/tta/staging/config.yaml")
 SPECIAL_ENV_NAMES = {"env": "TTA_ENV", "config_file": "TTA_CONFIG", "env_file": "TTA_ENV_FILE"}
 # Settings that only make sense outside the YAML file (they locate the files).
 LOCATOR_FIELDS = frozenset({"config_file", "env_file"})
+CLI_FLAGS = {"config_file": "--config", "env_file": "--env-file"}
+# Names that probably hold a secret: their values never appear in an error, even misspelt.
+_SECRET_NAME = re.compile(r"token|secret|passw|api_?key|credential", re.IGNORECASE)
+_REPR = reprlib.Repr(maxlevel=2, maxlist=4, maxtuple=4, maxdict=4, maxset=4, maxstring=160, maxlong=40, maxother=80)
 
 _ENV_LINE = re.compile(r"^(?:export\s+)?([A-Za-z_][A-Za-z0-9_]*)\s*=\s*(.*)$")
 
 
 class ConfigError(Exception):
     """A configuration problem; ``str()`` is one line an operator can act on."""
+
+
+def show(text: Any) -> str:
+    """A path or name as written (quoted with escapes if it holds a newline or other control character), bounded."""
+    text = str(text)
+    if not text.isprintable():
+        text = repr(text)
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
+def short_repr(value: Any) -> str:
+    """A bounded, one-line repr: never walks a huge (or alias-bombed) YAML structure."""
+    text = _REPR.repr(value)
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
+def looks_secret(text: str) -> bool:
+    return bool(_SECRET_NAME.search(text))
 
 
 @dataclass
@@ -60,7 +83,10 @@ def _env_layer(name: str, pairs: dict[str, tuple[str, str]], fields: set[str]) -
         if target is None:
             continue
         if target.startswith("?"):
-            raise ConfigError(f"unknown setting {key}={value!r} ({origin}); see docs/configuration.md for valid names")
+            shown = "***" if looks_secret(key) else short_repr(value)
+            raise ConfigError(
+                f"unknown setting {show(key)}={shown} ({show(origin)}); see docs/configuration.md for valid names"
+            )
         layer.values[target] = value
         layer.origins[target] = origin
     return layer
@@ -75,9 +101,9 @@ def _read_text(path: Path, kind: str) -> str:
     try:
         return path.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
-        raise ConfigError(f"{kind} {path}: not valid UTF-8 ({exc.reason} at byte {exc.start})") from None
+        raise ConfigError(f"{kind} {show(path)}: not valid UTF-8 ({exc.reason} at byte {exc.start})") from None
     except OSError as exc:
-        raise ConfigError(f"{kind} {path}: cannot read: {exc.strerror}") from None
+        raise ConfigError(f"{kind} {show(path)}: cannot read: {exc.strerror}") from None
 
 
 def parse_env_file(path: Path) -> dict[str, tuple[str, str]]:
@@ -86,62 +112,116 @@ def parse_env_file(path: Path) -> dict[str, tuple[str, str]]:
     systemd's EnvironmentFile= drops ``export`` lines, so we accept them for
     operators who followed the old guide, but ship and document the plain form.
     """
+    name = show(path)
     text = _read_text(path, "environment file")
     pairs: dict[str, tuple[str, str]] = {}
-    for lineno, raw in enumerate(text.splitlines(), start=1):
+    # Only "\n" ends a line (as for systemd): str.splitlines() would also split on \v, \f, \x1c-\x1e, \x85, \u2028
+    # and report a later line number than the one holding the problem.
+    for lineno, raw in enumerate(text.split("\n"), start=1):
         line = raw.strip()
         if not line or line.startswith("#"):
             continue
         match = _ENV_LINE.match(line)
         if not match:
-            raise ConfigError(f"environment file {path} line {lineno}: expected KEY=value, got {raw.strip()!r}")
+            got = "a line that looks like it holds a secret (not shown)" if looks_secret(line) else short_repr(line)
+            raise ConfigError(f"environment file {name} line {lineno}: expected KEY=value, got {got}")
         key, value = match.group(1), match.group(2).strip()
         if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":
             value = value[1:-1]
         elif value.startswith(("'", '"')):
-            raise ConfigError(f"environment file {path} line {lineno}: unterminated quote in {key}")
-        pairs[key] = (value, f"{path} line {lineno}")
+            raise ConfigError(f"environment file {name} line {lineno}: unterminated quote in {key}")
+        pairs[key] = (value, f"{name} line {lineno}")
     return pairs
 
 
 def env_file_layer(path: Path, fields: set[str]) -> Layer:
-    return _env_layer(f"environment file {path}", parse_env_file(path), fields)
+    return _env_layer(f"environment file {show(path)}", parse_env_file(path), fields)
 
 
 def yaml_layer(path: Path, fields: set[str]) -> Layer:
-    layer = Layer(f"config file {path}")
+    name = show(path)
+    layer = Layer(f"config file {name}")
     text = _read_text(path, "config file")
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" line {mark.line + 1} column {mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise ConfigError(f"config file {path}{where}: YAML syntax error: {problem}") from None
+        where = _yaml_where(exc, text)
+        raise ConfigError(f"config file {name}{where}: YAML syntax error: {_yaml_problem(exc)}") from None
+    except RecursionError:
+        raise ConfigError(f"config file {name}: YAML nesting too deep") from None
     if data is None:
         return layer
     if not isinstance(data, dict) or not isinstance(node, yaml.MappingNode):
-        raise ConfigError(f"config file {path}: top level must be a mapping of settings, got {type(data).__name__}")
-    lines = {k.value: k.start_mark.line + 1 for k, _ in node.value if isinstance(k, yaml.ScalarNode)}
+        raise ConfigError(f"config file {name}: top level must be a mapping of settings, got {type(data).__name__}")
+    lines = _key_lines(node, text)
     for key, value in data.items():
-        origin = f"{path} line {lines.get(str(key), '?')}"
+        origin = f"{name} line {lines[key]}" if key in lines else name
         if not isinstance(key, str) or key not in fields or key in LOCATOR_FIELDS:
-            raise ConfigError(f"unknown setting {key!r} ({origin}); see docs/configuration.md for valid keys")
+            raise ConfigError(f"unknown setting {short_repr(key)} ({origin}); see docs/configuration.md for valid keys")
         layer.values[key] = value
         layer.origins[key] = origin
     return layer
 
 
+def _key_lines(node: yaml.MappingNode, text: str) -> dict[Any, int]:
+    """Line of each top-level key, keyed by the key as loaded (so ``1:`` and ``true:`` are found too)."""
+    constructor = yaml.SafeLoader("")
+    lines: dict[Any, int] = {}
+    for key_node, _ in node.value:
+        try:
+            key = constructor.construct_object(key_node, deep=True)
+            lines[key] = _line_of(text, key_node.start_mark.index)
+        except (yaml.YAMLError, TypeError):  # merge keys, unhashable keys: no line to report
+            continue
+    return lines
+
+
+def _yaml_where(exc: yaml.YAMLError, text: str) -> str:
+    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+    if mark is not None:
+        column = mark.index - (text.rfind("\n", 0, mark.index) + 1) + 1
+        return f" line {_line_of(text, mark.index)} column {column}"
+    position = getattr(exc, "position", None)  # ReaderError (control characters): a character offset
+    if isinstance(position, int):
+        return f" line {_line_of(text, position)}"
+    return ""
+
+
+def _line_of(text: str, index: int) -> int:
+    """1-based line of a character offset, counting "\n" only (PyYAML's own count also breaks at \x85, \u2028...)."""
+    return text.count("\n", 0, index) + 1
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    problem = getattr(exc, "problem", None) or str(exc)
+    return " ".join(str(problem).splitlines()[:1]) or type(exc).__name__
+
+
 def locate(
     explicit: Any, env_key: str, environ: dict[str, str], layers: list[Layer], field_name: str, default: Path
-) -> tuple[Path, bool]:
-    """Find a file path from args, then env, then earlier layers; say whether it was asked for."""
+) -> tuple[Path, str | None]:
+    """Find a file path from args, then env, then earlier layers; say where it was asked for (None: default)."""
     if explicit not in (None, ""):
-        return Path(explicit), True
+        return Path(explicit), f"{CLI_FLAGS.get(field_name, field_name)} argument"
     if environ.get(env_key):
-        return Path(environ[env_key]), True
+        return Path(environ[env_key]), f"environment variable {env_key}"
     for layer in layers:
         if layer.values.get(field_name):
-            return Path(layer.values[field_name]), True
-    return default, False
+            return Path(layer.values[field_name]), layer.origins.get(field_name, layer.name)
+    return default, None
+
+
+def file_exists(path: Path, what: str, origin: str | None) -> bool:
+    """Whether to read ``path``: a file that was asked for (origin set) must exist; the default may be absent."""
+    try:
+        path.stat()
+    except FileNotFoundError:
+        if origin is None:
+            return False
+        raise ConfigError(f"{what} {show(path)} does not exist (set by {show(origin)})") from None
+    except (OSError, ValueError) as exc:  # ENAMETOOLONG, EACCES on a parent, ENOTDIR, NUL byte...
+        reason = getattr(exc, "strerror", None) or str(exc)
+        set_by = f" (set by {show(origin)})" if origin else ""
+        raise ConfigError(f"{what} {show(path)}{set_by}: cannot access: {reason}") from None
+    return True

@@ -33,6 +33,10 @@ class Daemon:
         self._load_config = load_config
         self.component = CarbonComponent(config)
         self._notifier = sdnotify.SystemdNotifier()
+        if self._notifier.socket is not None:
+            # A notification must never block the measurement loop: if nobody drains the
+            # socket (a wedged manager, a test harness), drop the message (EAGAIN, swallowed).
+            self._notifier.socket.setblocking(False)
         # Signal handlers only set flags; the C-level wakeup fd interrupts the wait.
         # (Taking a lock inside a handler, as Event.set() does, can deadlock the main thread.)
         self._wake_r, self._wake_w = socket.socketpair()

@@ -127,7 +127,7 @@ def test_http_paths_and_methods(daemon_factory):
     head = urllib.request.urlopen(urllib.request.Request(d.url(), method="HEAD"), timeout=5)
     assert head.status == 200 and head.read() == b"" and int(head.headers["Content-Length"]) > 1000
     health = json.loads(urllib.request.urlopen(d.url("/healthz"), timeout=5).read())
-    assert health["tracker_available"] is True and health["energy_source"] == "codecarbon"
+    assert health["tracker_available"] is True and health["energy_source"] == "cpu_load_tdp"
 
 
 def test_bad_config_exits_78_before_creating_anything(tmp_path):
@@ -144,3 +144,36 @@ def test_bad_config_exits_78_before_creating_anything(tmp_path):
         "CARBON_MEASUREMENT_INTERVAL): Input should be greater than or equal to 1 (allowed: 1 to 3600 seconds)"
     ]
     assert list(tmp_path.iterdir()) == []
+
+
+def test_codecarbon_tracker_source(daemon_factory):
+    """energy_source=codecarbon runs codecarbon's own EmissionsTracker through our output handler."""
+    d = daemon_factory(settings={"energy_source": "codecarbon"}).start()
+    records = d.wait_for_records(2)
+    assert all(r["energy_method"] == {"cpu": "cpu_load_tdp", "ram": "constant"} for r in records)
+    assert all(r["energy_j"]["ram"] > 0 for r in records)
+    health = json.loads(urllib.request.urlopen(d.url("/healthz"), timeout=5).read())
+    assert health["energy_source"] == "codecarbon" and health["tracker_available"] is True
+    assert d.stop() == 0 and d.records()[-1]["final"] is True
+
+
+def test_codecarbon_broken_keeps_serving_and_says_so(daemon_factory, tmp_path):
+    """A codecarbon that fails to import (faked at the package boundary) costs measurements, not the daemon."""
+    shim = tmp_path / "shim" / "codecarbon"
+    shim.mkdir(parents=True)
+    (shim / "__init__.py").write_text("raise ImportError('simulated broken codecarbon install')\n")
+    d = daemon_factory(settings={"energy_source": "codecarbon", "intensity_g_per_kwh": "300"},
+                       env={"PYTHONPATH": str(shim.parent)})
+    d.start()
+    with pytest.raises(urllib.error.HTTPError) as unhealthy:
+        urllib.request.urlopen(d.url("/healthz"), timeout=5)
+    assert unhealthy.value.code == 503
+    health = json.loads(unhealthy.value.read())
+    assert health["tracker_available"] is False
+    assert health["tracker_error"] == (
+        "codecarbon cannot be imported: ImportError: simulated broken codecarbon install")
+    m = scrape(d.url())
+    assert m[("tta_carbon_tracker_available", ())] == 0
+    errors = [ln for ln in d.log_file.read_text().splitlines() if "energy_source_unavailable" in ln]
+    assert len(errors) == 1
+    assert d.stop() == 0

@@ -295,10 +295,24 @@ def test_codecarbon_missing_daemon_measures_with_rapl(world_tmp: Path, daemons: 
     assert rc == 0
 
 
-def test_codecarbon_missing_and_no_rapl_fails_on_energy_source(world_tmp: Path, daemons: list[OpsDaemon]) -> None:
+def test_codecarbon_missing_no_rapl_still_estimates(world_tmp: Path, daemons: list[OpsDaemon]) -> None:
+    """The default estimate needs no codecarbon import: it degrades to the documented default TDP."""
     env = hide_codecarbon(world_tmp)
     s = OpsDaemon(world_tmp, env=env, settings={"intensity_g_per_kwh": "250",
                                                 "powercap_root": str(world_tmp / "no-powercap")})
+    daemons.append(s.start())
+    s.wait_records(1)
+    rc, lines, _ = s.check(env=env)
+    assert "⚠️  Energy method: estimated, not measured (cpu=cpu_load_tdp, ram=constant)" in lines
+    assert lines[0] == "✅ Carbon component: OK"
+    assert rc == 0
+
+
+def test_codecarbon_source_missing_fails_on_energy_source(world_tmp: Path, daemons: list[OpsDaemon]) -> None:
+    env = hide_codecarbon(world_tmp)
+    s = OpsDaemon(world_tmp, env=env, settings={"intensity_g_per_kwh": "250",
+                                                "powercap_root": str(world_tmp / "no-powercap"),
+                                                "energy_source": "codecarbon"})
     daemons.append(s.start())
     rc, lines, _ = s.check(env=env)
     assert f"❌ Energy source: unavailable: codecarbon cannot be imported: ImportError: {HIDDEN}" in lines

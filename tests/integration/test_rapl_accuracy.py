@@ -23,17 +23,19 @@ def fake(tmp_path):
 
 
 def test_energy_and_power_match_programmed_profile_across_wraps_and_tail(daemon_factory, fake):
-    d = daemon_factory(settings={"energy_source": "rapl", "powercap_root": str(fake.root)})
+    # 2 s intervals: the fake's writer thread can lag a few ms when the machine is busy, which
+    # moves energy between neighbouring intervals; at 2 s that stays well inside 1%.
+    d = daemon_factory(interval=2.0, settings={"energy_source": "rapl", "powercap_root": str(fake.root)})
     d.start()
     fake.start_live({"package-0": PKG_W, "package-0/dram": DRAM_W})
-    d.wait_for_records(7)
-    time.sleep(0.4)  # end mid-interval so the final record has a real tail
+    d.wait_for_records(4)
+    time.sleep(0.7)  # end mid-interval so the final record has a real tail
     with fake.paused():
         assert d.stop(signal.SIGTERM) == 0
         programmed_cpu = fake.energy_j("package-0")
         programmed_ram = fake.energy_j("package-0/dram")
     records = d.records()
-    assert records[-1]["final"] is True and records[-1]["duration_s"] > 0.2
+    assert records[-1]["final"] is True and records[-1]["duration_s"] > 0.5
     assert programmed_cpu > 3 * 100  # at least three wraps of the 100 J counter happened
     for r in records:
         assert r["energy_method"] == {"cpu": "rapl", "ram": "rapl"} and r["estimated"] is False

@@ -12,7 +12,7 @@ import re
 import pytest
 
 from tests.prometheus.promlib import (
-    DASHBOARD, JOB, PROMETHEUS_SYNTHETIC, check_exprs_parse, contract_metrics, dashboard_panels,
+    JOB, PROMETHEUS_SYNTHETIC, check_exprs_parse, contract_metrics, dashboard_panels,
     dashboard_targets, dashboard_variable_queries, load_dashboard, metric_names, substitute,
 )
 

@@ -37,8 +37,8 @@ from tests.prometheus.daemons import DrainedDaemon
 pytestmark = pytest.mark.slow
 
 INTERVAL = 1.0
-# Per-host series budget (docs/fleet.md): the daemon's own series plus the 5
-# Prometheus adds per target (up, scrape_duration_seconds, ...).
+# Per-host series budget (docs/fleet.md section 4): the daemon's own series,
+# the 5 Prometheus adds per target, instance-level recording rules, ALERTS.
 SERIES_BUDGET = 40
 
 
@@ -92,12 +92,21 @@ def test_every_contract_metric_arrives_within_the_series_budget(stack, results):
     assert not missing, f"in docs/architecture.md but not exported: {missing}"
     extra = sorted(n for n in names if n.startswith("tta_carbon_") and n not in contract_metrics())
     results.add(f"exported but not in docs/architecture.md: {extra or 'none'}")
-    total = prom.query_value(f"count({scraped})")
+    scraped_total = prom.query_value(f"count({scraped})")
     per_metric = {n: sum(1 for s in res if s["metric"]["__name__"] == n) for n in names}
-    results.add(f"series per host: {int(total)} (budget {SERIES_BUDGET})")
+    # everything this host costs: scraped series, instance-level recording
+    # rules and ALERTS series all carry its instance label
+    prom.wait_for(lambda: prom.query(f'instance:tta_carbon_emissions_grams:increase1d{{instance="{stack.instance}"}}'),
+                  timeout=10, what="instance-level recording rules")
+    everything = prom.query(f'{{instance="{stack.instance}"}}')
+    results.add(f"series per host: {int(scraped_total)} scraped "
+                f"({sum(c for n, c in per_metric.items() if n.startswith('tta_carbon_'))} from the daemon), "
+                f"{len(everything)} with recording rules and ALERTS (budget {SERIES_BUDGET})")
     for n, c in per_metric.items():
         results.add(f"  {c:3d}  {n}")
-    assert total <= SERIES_BUDGET
+    for n in sorted({s["metric"]["__name__"] for s in everything} - set(names)):
+        results.add(f"  {sum(1 for s in everything if s['metric']['__name__'] == n):3d}  {n}")
+    assert len(everything) <= SERIES_BUDGET
     # `env` is a target label, so the daemon's own build_info env shows as exported_env
     (info,) = prom.query(f'tta_carbon_build_info{{job="{JOB}"}}')
     assert info["metric"]["env"] == "staging" and info["metric"]["exported_env"] == "staging"

@@ -46,6 +46,7 @@ def test_config_contents():
     (job,) = [j for j in cfg["scrape_configs"] if j["job_name"] == JOB]
     assert job["metrics_path"] == "/metrics"
     assert job["scrape_interval"] == "30s"
+    assert job["sample_limit"] == 100
     assert job["static_configs"][0]["targets"] == ["127.0.0.1:9880"]  # contract port, not 9090
     assert "9090" not in json.dumps(job)
     assert job["file_sd_configs"][0]["files"] == ["targets/tta-carbon-*.json"]
@@ -77,6 +78,25 @@ def test_example_file_sd_targets_pass_promtool(promtool, tmp_path):
     bad = run([promtool, "check", "config", str(tmp_path / "prometheus.yml")])
     assert bad.returncode == 1
     assert "checking SD file" in bad.stdout + bad.stderr
+
+
+EXAMPLES = sorted((PROM_DIR / "examples").glob("*.yml"))
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
+def test_example_configs(promtool, path):
+    """The fleet examples in docs/fleet.md are valid configs."""
+    agent = ["--agent"] if "agent" in path.name else []
+    r = run([promtool, "check", "config", *agent, str(path)])
+    out = r.stdout + r.stderr
+    if "consul_sd_configs not found" in out:
+        pytest.skip("this promtool (Debian's 2.42 build) has no Consul service discovery")
+    assert r.returncode == 0, out
+    assert "is valid prometheus config file syntax" in out
+    doc = yaml.safe_load(path.read_text())
+    for job in doc["scrape_configs"]:
+        if job["job_name"] == JOB:
+            assert job["sample_limit"] == 100 and job["metrics_path"] == "/metrics"
 
 
 @pytest.mark.parametrize("path", RULE_FILES, ids=lambda p: p.name)

@@ -78,4 +78,5 @@ class Accountant:
             totals=Totals(totals.seq, dict(totals.energy_j), dict(totals.emissions_g)),
             final=final,
             devices_j=dict(energy.devices),
+            energy_assumptions=dict(energy.assumptions),
         )

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from src.components.carbon.record import Intensity
-from src.orchestration.config import codecarbon_energy_mix
+from src.components.carbon.reference_data import energy_mix
 
 
 def country_mix_intensity(country_iso_code: str) -> Intensity:
-    mix = codecarbon_energy_mix()
+    mix = energy_mix()
     if mix is None:  # TTAConfig refuses this combination; keep the message if called directly
         raise LookupError("codecarbon's country energy mix is unavailable (codecarbon not installed)")
     entry = mix[country_iso_code]

@@ -26,6 +26,7 @@ class ComponentEnergy:
 class IntervalEnergy:
     components: dict[str, ComponentEnergy]  # keys: "cpu", "ram", "gpu"
     devices: dict[str, float] = field(default_factory=dict)  # per-device joules
+    assumptions: dict[str, str] = field(default_factory=dict)  # per component: what an estimate assumed
 
 
 class SourceUnavailable(Exception):
@@ -87,6 +88,7 @@ class EmissionsRecord:
     totals: Totals
     final: bool = False
     devices_j: dict[str, float] = field(default_factory=dict)
+    energy_assumptions: dict[str, str] = field(default_factory=dict)
 
     @property
     def emissions_total_g(self) -> float:
@@ -134,4 +136,6 @@ class EmissionsRecord:
         )
         if self.devices_j:
             record["devices_j"] = dict(self.devices_j)
+        if self.energy_assumptions:
+            record["energy_assumptions"] = dict(self.energy_assumptions)
         return record

@@ -75,15 +75,21 @@ class MetricsServer:
             self._sock.close()
             return
 
-        def _shutdown() -> None:
+        async def _shutdown() -> None:
             if self._server is not None:
                 self._server.close()
-            for task in asyncio.all_tasks(self._loop):
+            current = asyncio.current_task()
+            tasks = [t for t in asyncio.all_tasks() if t is not current]
+            for task in tasks:
                 task.cancel()
+            # Let open connections (Prometheus keeps one alive) unwind before the loop stops.
+            await asyncio.gather(*tasks, return_exceptions=True)
             self._loop.stop()
 
-        self._loop.call_soon_threadsafe(_shutdown)
+        asyncio.run_coroutine_threadsafe(_shutdown(), self._loop)
         self._thread.join(5)
+        if not self._thread.is_alive():
+            self._loop.close()
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         if self._open >= self._max_connections:
