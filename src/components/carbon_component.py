@@ -8,6 +8,7 @@ live in ``src.service``; this class knows nothing about them.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import socket
@@ -16,6 +17,7 @@ import uuid
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
+from src.components.carbon import attribution
 from src.components.carbon.accounting import Accountant, Identity
 from src.components.carbon.health import HealthSnapshot
 from src.components.carbon.intensity import resolve_intensity
@@ -24,7 +26,9 @@ from src.components.carbon.record import EmissionsRecord, Intensity, IntervalEne
 from src.components.carbon.sinks.http_server import MetricsServer, Routes
 from src.components.carbon.sinks.ndjson import NdjsonSink
 from src.components.carbon.sinks.prometheus import CONTENT_TYPE, PrometheusSink
+from src.components.carbon.sinks.web_config import BasicAuth, WebConfig, load_web_config
 from src.components.carbon.sources import EnergySource
+from src.components.carbon.sources.cgroups import CpuTimeDelta, CpuTimeSampler
 from src.orchestration import TTAConfig
 
 try:
@@ -59,9 +63,11 @@ class CarbonComponent:
         )
         self.source_reason = ""
         self.ledger_note = ""
+        self.attribution_note = "off"
+        self._cpu_time: CpuTimeSampler | None = None
         self._source: EnergySource | None = None
         self._accountant: Accountant | None = None
-        self._ledger = Ledger(Path(config.state_dir))
+        self._ledger = Ledger(Path(config.state_dir), self.output_dir)
         self._ndjson = NdjsonSink(self.output_dir)
         self._prometheus = PrometheusSink()
         self._server: MetricsServer | None = None
@@ -112,13 +118,16 @@ class CarbonComponent:
             self.health.tracker_error = str(exc)
         except Exception as exc:  # a source bug must not take the exporter down either
             self.health.tracker_error = f"{source.name} failed to open: {type(exc).__name__}: {exc}"
+        self._open_attribution()
         self._set_intensity(self._intensity)
         self._refresh_health_files()
         self._prometheus.update(self.health, None)
         if serve_metrics:
+            web = load_web_config(cfg.metrics_web_config) if cfg.metrics_web_config else WebConfig()
             self._server = MetricsServer(
                 cfg.metrics_address, cfg.metrics_port,
                 Routes(self._prometheus.page, CONTENT_TYPE, self._health_route),
+                ssl_context=web.ssl_context(), auth=BasicAuth(web.users) if web.users else None,
             )
             self._server.start()
         self._last_mono = time.monotonic()
@@ -151,10 +160,12 @@ class CarbonComponent:
         energy = self._read_source(final)
         if energy is not None:
             self._last_mono = now_mono
+            cpu_time = self._read_cpu_time()
             record = self._accountant.account(
                 energy, end_wall=time.time(), elapsed_s=elapsed, intensity=self._intensity,
                 identity=self._identity, final=final,
             )
+            record = self._attribute(record, cpu_time)
             self._ndjson.write(record)
             self._ledger_save()
             self._note_record(record)
@@ -201,6 +212,44 @@ class CarbonComponent:
             return None
         self.health.last_measurement_error = ""
         return energy
+
+    def _open_attribution(self) -> None:
+        cfg = self.config
+        if not cfg.attribution_enabled:
+            return
+        sampler = CpuTimeSampler(cfg.cgroup_root, cfg.proc_root, cfg.attribution_include, cfg.attribution_exclude)
+        try:
+            sampler.open()
+        except Exception as exc:  # no cgroup accounting: records simply carry no per-unit split
+            self.attribution_note = f"unavailable: {exc}"
+            return
+        self._cpu_time = sampler
+        h = sampler.hierarchy
+        self.attribution_note = f"cgroup {h.version if h else '?'} at {h.path if h else '?'}"
+
+    def _read_cpu_time(self) -> CpuTimeDelta | None:
+        if self._cpu_time is None:
+            return None
+        try:
+            return self._cpu_time.read()
+        except Exception as exc:  # one interval without a split, never a lost record
+            self.health.last_measurement_error = f"attribution: {type(exc).__name__}: {exc}"
+            return None
+
+    def _attribute(self, record: EmissionsRecord, cpu_time: CpuTimeDelta | None) -> EmissionsRecord:
+        if cpu_time is None:
+            return record
+        shares = attribution.attribute(
+            cpu_time,
+            cpu_j=record.energy_j["cpu"], total_j=sum(record.energy_j.values()),
+            cpu_g=record.emissions_g["cpu"], total_g=record.emissions_total_g,
+            top_n=self.config.attribution_top_n,
+        )
+        return dataclasses.replace(
+            record,
+            units={k: v.as_dict() for k, v in shares.items()},
+            attribution={**attribution.METHOD, "cgroup": cpu_time.cgroup},
+        )
 
     def _ledger_save(self) -> None:
         try:
@@ -254,5 +303,7 @@ class CarbonComponent:
     def _health_route(self) -> tuple[bool, bytes]:
         h = self.health
         fresh = h.last_success_at > 0 and time.time() - h.last_success_at < 3 * h.interval_s
-        ok = h.tracker_available and h.write_errors == 0 and (fresh or h.measurements == 0)
+        # Unhealthy while a write is failing or records wait in memory; healthy again once the disk
+        # takes them (write_errors stays as a counter, for the record).
+        ok = h.tracker_available and not h.last_write_error and h.records_pending == 0 and (fresh or h.measurements == 0)
         return ok, json.dumps(h.as_dict()).encode() + b"\n"

@@ -86,6 +86,14 @@ class TTAConfig(BaseSettings):
     ram_watts: float | None = Field(None, gt=0, le=2000, allow_inf_nan=False)
     powercap_root: Path = Path("/sys/class/powercap")
     record_hostname: bool = True
+    metrics_web_config: Path | None = None
+    # Per-systemd-unit attribution (docs/attribution.md).
+    attribution_enabled: bool = True
+    cgroup_root: Path = Path("/sys/fs/cgroup")
+    proc_root: Path = Path("/proc")
+    attribution_include: tuple[str, ...] = ("system.slice/*.service",)
+    attribution_exclude: tuple[str, ...] = ()
+    attribution_top_n: int = Field(20, ge=0, le=1000)
 
     def __init__(self, **values: Any) -> None:
         token = _layers.set([])
@@ -123,6 +131,14 @@ class TTAConfig(BaseSettings):
             layers.append(yaml_layer(yaml_path, fields))
         _layers.get().extend(layers)
         return (init_settings, *(_LayerSource(settings_cls, layer) for layer in layers[1:]))
+
+    @field_validator("attribution_include", "attribution_exclude", mode="before")
+    @classmethod
+    def _glob_list(cls, value: Any) -> Any:
+        # Env files and --set give one string: globs separated by commas or whitespace.
+        if isinstance(value, str):
+            return tuple(g for g in re.split(r"[,\s]+", value) if g)
+        return value
 
     @field_validator("log_level", mode="before")
     @classmethod
@@ -176,6 +192,20 @@ class TTAConfig(BaseSettings):
     def _directory_path(cls, value: Path) -> Path:
         if _path_kind(value) == "other":
             raise ValueError("exists and is not a directory")
+        return value
+
+    @field_validator("metrics_web_config", mode="before")
+    @classmethod
+    def _web_config_empty(cls, value: Any) -> Any:
+        return None if isinstance(value, str) and value.strip() == "" else value
+
+    @field_validator("metrics_web_config")
+    @classmethod
+    def _web_config(cls, value: Path | None) -> Path | None:
+        if value is not None:
+            from src.components.carbon.sinks.web_config import load_web_config
+
+            load_web_config(value)  # ValueError: one line naming the problem
         return value
 
     @field_validator("log_file")

@@ -119,7 +119,9 @@ def build_parser() -> argparse.ArgumentParser:
     _config_args(report)
     report.add_argument("--dir", metavar="DIR", help="read this directory instead of the configured output_dir")
     report.add_argument("--json", action="store_true", help="machine-readable output")
-    report.add_argument("--by", choices=["day", "component"], default="day", help="table grouping (default day)")
+    report.add_argument("--by", choices=["day", "component", "unit"], default="day", help="table grouping (default day)")
+    report.add_argument("--by-unit", dest="by", action="store_const", const="unit",
+                        help="per-systemd-unit table, same as --by unit (docs/attribution.md)")
     report.set_defaults(func=cmd_report)
 
     from src.components.carbon.prune import add_parser as add_prune_parser

@@ -85,9 +85,11 @@ class Daemon:
             "started", version=comp.health.version, run_id=comp.run_id, pid=os.getpid(),
             metrics=f"http://{self.config.metrics_address}:{comp.metrics_port}/metrics",
             output_dir=str(comp.output_dir), interval_s=self.config.measurement_interval,
-            energy_source=comp.source_reason, ledger=comp.ledger_note,
+            energy_source=comp.source_reason, ledger=comp.ledger_note, attribution=comp.attribution_note,
             intensity_g_per_kwh=comp.health.intensity_g_per_kwh, intensity_source=comp.health.intensity_source,
         )
+        if "is damaged" in comp.ledger_note:
+            log.error("state_file_damaged", error=comp.ledger_note)
         if comp.health.tracker_error:
             log.error("energy_source_unavailable", error=comp.health.tracker_error)
         if logs.TEE.error:

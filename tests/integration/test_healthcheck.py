@@ -310,11 +310,30 @@ def test_codecarbon_missing_no_rapl_still_estimates(world_tmp: Path, daemons: li
 
 def test_codecarbon_source_missing_fails_on_energy_source(world_tmp: Path, daemons: list[OpsDaemon]) -> None:
     env = hide_codecarbon(world_tmp)
-    s = OpsDaemon(world_tmp, env=env, settings={"intensity_g_per_kwh": "250",
-                                                "powercap_root": str(world_tmp / "no-powercap"),
-                                                "energy_source": "codecarbon"})
+    s = OpsDaemon(world_tmp, env=env, settings={"intensity_g_per_kwh": "250", "energy_source": "codecarbon",
+                                                "powercap_root": str(world_tmp / "no-powercap")})
     daemons.append(s.start())
     rc, lines, _ = s.check(env=env)
     assert f"❌ Energy source: unavailable: codecarbon cannot be imported: ImportError: {HIDDEN}" in lines
     assert lines[0] == "❌ Carbon component: FAILING"
     assert rc == 1
+
+
+def test_write_errors_fail_while_failing_then_warn_once_recovered(world_tmp: Path, daemons: list[OpsDaemon]) -> None:
+    """Today's file replaced by a directory: every append fails (root ignores modes, not this)."""
+    s = OpsDaemon(world_tmp)
+    daemons.append(s.start())
+    s.wait_records(1)
+    today = s.output_dir / today_file()
+    today.rename(s.output_dir / "kept-aside.json")
+    today.mkdir()
+    s.wait_for(lambda h: h["records_pending"] >= 1, "a record to wait in memory")
+    rc, lines, _ = s.check()
+    failing = [ln for ln in lines if ln.startswith("❌ Write errors:")]
+    assert len(failing) == 1 and "record(s) waiting" in failing[0] and "Is a directory" in failing[0], lines
+    assert rc == 1
+    today.rmdir()
+    s.wait_for(lambda h: h["records_pending"] == 0 and not h["last_write_error"], "the buffered records to land")
+    rc, lines, _ = s.check()
+    assert any(re.fullmatch(r"⚠️  Write errors: \d+ earlier, none pending now", ln) for ln in lines), lines
+    assert rc == 0

@@ -8,6 +8,7 @@ that feeds /metrics.
 from __future__ import annotations
 
 import json
+import ssl
 import sys
 import time
 import urllib.error
@@ -63,9 +64,17 @@ def static_checks(load: Callable[[], TTAConfig]) -> tuple[list[Check], TTAConfig
 
 def live_checks(config: TTAConfig, timeout_s: float, now: float | None = None) -> list[Check]:
     host = f"[{config.metrics_address}]" if ":" in config.metrics_address else config.metrics_address
-    base = f"http://{host}:{config.metrics_port}"
+    scheme, context = "http", None
+    if config.metrics_web_config is not None:
+        from src.components.carbon.sinks.web_config import load_web_config
+
+        if load_web_config(config.metrics_web_config).tls:
+            # Probing our own daemon at its configured address: the certificate names the
+            # host Prometheus scrapes, not this address, so the chain is not checked here.
+            scheme, context = "https", ssl._create_unverified_context()  # noqa: S323
+    base = f"{scheme}://{host}:{config.metrics_port}"
     try:
-        with urllib.request.urlopen(f"{base}/healthz", timeout=timeout_s) as resp:  # noqa: S310 (our own loopback URL)
+        with urllib.request.urlopen(f"{base}/healthz", timeout=timeout_s, context=context) as resp:  # noqa: S310
             health = json.loads(resp.read())
     except urllib.error.HTTPError as exc:  # 503 still carries the snapshot
         health = json.loads(exc.read() or b"{}")
@@ -103,9 +112,14 @@ def live_checks(config: TTAConfig, timeout_s: float, now: float | None = None) -
         # Before the first interval there is nothing to append yet.
         checks.append(Check("records", WARN if last <= 0 else FAIL, f"Today's records: {today} missing"))
     write_errors = int(health.get("write_errors", 0))
-    if write_errors:
-        checks.append(Check("write_errors", FAIL, f"Write errors: {write_errors} "
-                                                  f"(last: {health.get('last_write_error') or 'n/a'})"))
+    pending = int(health.get("records_pending", 0))
+    failing_now = health.get("last_write_error") or ""
+    if failing_now or pending:
+        checks.append(Check("write_errors", FAIL, f"Write errors: {write_errors}, {pending} record(s) waiting "
+                                                  f"(last: {failing_now or 'n/a'})"))
+    elif write_errors:
+        # The disk refused writes earlier but took every record since: worth a look, not a page.
+        checks.append(Check("write_errors", WARN, f"Write errors: {write_errors} earlier, none pending now"))
     else:
         checks.append(Check("write_errors", OK, "Write errors: 0"))
     methods = health.get("energy_method") or {}

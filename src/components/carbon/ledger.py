@@ -14,8 +14,12 @@ STATE_VERSION = 1
 
 
 class Ledger:
-    def __init__(self, state_dir: Path) -> None:
+    def __init__(self, state_dir: Path, records_dir: Path | None = None) -> None:
         self.path = state_dir / STATE_FILE
+        # The NDJSON records carry cumulative totals too: with them a damaged state file is
+        # rebuilt instead of restarting from zero, and a record whose state save was cut
+        # short by a crash is not counted twice.
+        self.records_dir = records_dir
 
     def load(self) -> tuple[Totals, str]:
         """Return saved totals and a one-line account of where they came from.
@@ -30,11 +34,55 @@ class Ledger:
             data = json.loads(raw)
             if data.get("version") != STATE_VERSION:
                 raise ValueError(f"unsupported state version {data.get('version')!r}")
-            return Totals.from_dict(data["totals"]), f"totals continue from {self.path} (seq {data['totals']['seq']})"
+            totals = Totals.from_dict(data["totals"])
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             kept = self.path.with_name(f"{STATE_FILE}.corrupt-{int(time.time())}")
             os.replace(self.path, kept)
-            return Totals(), f"state file {self.path} is damaged ({exc}); kept as {kept.name}; totals start at zero"
+            damaged = f"state file {self.path} is damaged ({exc}); kept as {kept.name}"
+            found = self._latest_record(all_files=True)
+            if found is None:
+                return Totals(), f"{damaged}; no readable records; totals start at zero"
+            rebuilt, where = found
+            return rebuilt, f"{damaged}; totals rebuilt from the record with the highest seq ({rebuilt.seq}, {where})"
+        found = self._latest_record(all_files=False)
+        if found is not None:
+            newer, where = found
+            # Killed between appending record N and saving state N: the record is the truth.
+            if newer.seq == totals.seq + 1 and all(
+                newer.energy_j[c] >= totals.energy_j[c] for c in totals.energy_j
+            ):
+                return newer, f"totals continue from {where} (seq {newer.seq}; state file was one record behind)"
+        return totals, f"totals continue from {self.path} (seq {totals.seq})"
+
+    def _latest_record(self, *, all_files: bool) -> tuple[Totals, str] | None:
+        """Cumulative totals of the record with the highest seq (the newest file only, or all)."""
+        if self.records_dir is None:
+            return None
+        from src.components.carbon.report import iter_files, read_lines
+
+        try:
+            files = iter_files(self.records_dir)
+        except OSError:
+            return None
+        if not all_files:
+            files = [p for p in files if p.name.endswith(".json")][-1:]
+        best: tuple[Totals, str] | None = None
+        for path in files:
+            try:
+                lines = read_lines(path)
+            except (OSError, EOFError):
+                continue
+            for raw in lines:
+                try:
+                    rec = json.loads(raw)
+                    t = rec["totals"]
+                    totals = Totals.from_dict({"seq": rec["seq"], "energy_j": t["energy_j"],
+                                               "emissions_g": t["emissions_g"]})
+                except (ValueError, KeyError, TypeError, AttributeError):
+                    continue
+                if best is None or totals.seq >= best[0].seq:
+                    best = totals, path.name
+        return best
 
     def save(self, totals: Totals) -> None:
         """temp + fsync + rename: a crash leaves either the old or the new file, never half of one."""

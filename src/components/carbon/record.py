@@ -89,6 +89,10 @@ class EmissionsRecord:
     final: bool = False
     devices_j: dict[str, float] = field(default_factory=dict)
     energy_assumptions: dict[str, str] = field(default_factory=dict)
+    # Per-systemd-unit split (docs/attribution.md): unit -> {energy_j, emissions_g, cpu_s},
+    # plus "other" and "unattributed"; empty when attribution is off or unavailable.
+    units: dict[str, dict[str, float]] = field(default_factory=dict)
+    attribution: dict[str, str] = field(default_factory=dict)  # method per component + cgroup version
 
     @property
     def emissions_total_g(self) -> float:
@@ -138,4 +142,7 @@ class EmissionsRecord:
             record["devices_j"] = dict(self.devices_j)
         if self.energy_assumptions:
             record["energy_assumptions"] = dict(self.energy_assumptions)
+        if self.units:
+            record["units"] = {k: dict(v) for k, v in self.units.items()}
+            record["attribution"] = dict(self.attribution)
         return record

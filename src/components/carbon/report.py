@@ -44,6 +44,16 @@ class Report:
     files: int = 0
     duplicates: int = 0
     invalid_lines: list[str] = field(default_factory=list)
+    # unit -> [joules, grams, cpu seconds, records], from each record's "units" (docs/attribution.md)
+    by_unit: dict[str, list[float]] = field(default_factory=dict)
+
+    def add_units(self, rec: dict[str, Any]) -> None:
+        for unit, share in (rec.get("units") or {}).items():
+            acc = self.by_unit.setdefault(str(unit), [0.0, 0.0, 0.0, 0])
+            acc[0] += float(share.get("energy_j", 0.0))
+            acc[1] += float(share.get("emissions_g", 0.0))
+            acc[2] += float(share.get("cpu_s", 0.0))
+            acc[3] += 1
 
 
 def iter_files(directory: Path) -> list[Path]:
@@ -79,6 +89,7 @@ def build_report(directory: Path) -> Report:
             try:
                 report.by_day[day].add(rec)
                 report.overall.add(rec)
+                report.add_units(rec)
             except (KeyError, TypeError, ValueError, AttributeError):
                 report.invalid_lines.append(f"{path.name} line {lineno}")
     return report
@@ -97,9 +108,13 @@ def run_report(directory: Path, *, as_json: bool, by: str = "day") -> int:
             "directory": str(directory), "files": report.files, "duplicates_skipped": report.duplicates,
             "invalid_lines": len(report.invalid_lines), "overall": report.overall.as_dict(),
             "by_day": {day: t.as_dict() for day, t in sorted(report.by_day.items())},
+            "by_unit": {u: {"energy_j": a[0], "emissions_g": a[1], "cpu_s": a[2], "records": a[3]}
+                        for u, a in sorted(report.by_unit.items())},
         }, indent=2))
         return 0
-    if by == "component":
+    if by == "unit":
+        print_by_unit(report)
+    elif by == "component":
         print(f"{'component':<10} {'energy kWh':>14} {'emissions g':>14}")
         for c in COMPONENTS:
             print(f"{c:<10} {report.overall.energy_j[c] / 3.6e6:>14.6f} {report.overall.emissions_g[c]:>14.3f}")
@@ -112,3 +127,20 @@ def run_report(directory: Path, *, as_json: bool, by: str = "day") -> int:
     print(f"{'total':<10} {o.records:>8} records, {sum(o.energy_j.values()) / 3.6e6:.6f} kWh, "
           f"{sum(o.emissions_g.values()):.3f} gCO2eq ({sum(o.emissions_g.values()) / 1000:.6f} kg)")
     return 0
+
+
+def print_by_unit(report: Report) -> None:
+    """Units by energy, largest first; ``other`` and ``unattributed`` last."""
+    from src.components.carbon.attribution import OTHER, UNATTRIBUTED
+
+    if not report.by_unit:
+        print("no per-unit data in these records (attribution off or unavailable; see docs/attribution.md)")
+        return
+    total_j = sum(a[0] for a in report.by_unit.values()) or 1.0
+    tail = [u for u in (OTHER, UNATTRIBUTED) if u in report.by_unit]
+    named = sorted((u for u in report.by_unit if u not in tail), key=lambda u: -report.by_unit[u][0])
+    width = max(10, *(len(u) for u in report.by_unit))
+    print(f"{'unit':<{width}} {'energy kWh':>14} {'share':>7} {'emissions g':>14} {'cpu s':>10}")
+    for u in named + tail:
+        j, g, cpu_s, _ = report.by_unit[u]
+        print(f"{u:<{width}} {j / 3.6e6:>14.6f} {100 * j / total_j:>6.1f}% {g:>14.3f} {cpu_s:>10.1f}")

@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import ssl
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+
+from src.components.carbon.sinks.web_config import BasicAuth
 
 MAX_CONNECTIONS = 256
 MAX_HEADER_BYTES = 8192
@@ -21,7 +24,7 @@ HEADER_TIMEOUT_S = 5.0
 IDLE_TIMEOUT_S = 30.0
 
 _REASONS = {
-    200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
+    200: "OK", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found", 405: "Method Not Allowed",
     408: "Request Timeout", 431: "Request Header Fields Too Large", 503: "Service Unavailable",
 }
 _INDEX = (
@@ -40,7 +43,15 @@ class Routes:
 class MetricsServer:
     """Binds synchronously (so a taken port fails start-up), then serves on its own thread."""
 
-    def __init__(self, address: str, port: int, routes: Routes, max_connections: int = MAX_CONNECTIONS) -> None:
+    def __init__(
+        self,
+        address: str,
+        port: int,
+        routes: Routes,
+        max_connections: int = MAX_CONNECTIONS,
+        ssl_context: ssl.SSLContext | None = None,
+        auth: BasicAuth | None = None,
+    ) -> None:
         family = socket.AF_INET6 if ":" in address else socket.AF_INET
         self._sock = socket.socket(family, socket.SOCK_STREAM)
         self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -53,6 +64,8 @@ class MetricsServer:
         self._sock.setblocking(False)
         self.port = self._sock.getsockname()[1]
         self._routes = routes
+        self._ssl = ssl_context
+        self._auth = auth
         self._max_connections = max_connections
         self._open = 0
         self._loop = asyncio.new_event_loop()
@@ -66,7 +79,10 @@ class MetricsServer:
 
     def _run(self) -> None:
         asyncio.set_event_loop(self._loop)
-        self._server = self._loop.run_until_complete(asyncio.start_server(self._handle, sock=self._sock, limit=MAX_HEADER_BYTES))
+        self._server = self._loop.run_until_complete(asyncio.start_server(
+            self._handle, sock=self._sock, limit=MAX_HEADER_BYTES, ssl=self._ssl,
+            ssl_handshake_timeout=HEADER_TIMEOUT_S if self._ssl else None,
+        ))
         self._ready.set()
         self._loop.run_forever()
 
@@ -98,7 +114,7 @@ class MetricsServer:
         self._open += 1
         try:
             await self._serve(reader, writer)
-        except (ConnectionError, asyncio.IncompleteReadError, asyncio.CancelledError):
+        except (ConnectionError, asyncio.IncompleteReadError, asyncio.CancelledError, ssl.SSLError):
             pass
         finally:
             self._open -= 1
@@ -138,17 +154,28 @@ class MetricsServer:
             if not sep or not name or name != name.strip():
                 await self._respond(writer, 400, b"malformed header\n", close=True)
                 return False
-            headers[name.lower()] = value.strip().lower()
+            headers[name.lower()] = value.strip()
         if b"content-length" in headers or b"transfer-encoding" in headers:
             # We take no request bodies; refusing keeps the connection state simple and safe.
             await self._respond(writer, 400, b"request bodies are not accepted\n", close=True)
             return False
-        close = headers.get(b"connection") == b"close" or (version == b"HTTP/1.0" and headers.get(b"connection") != b"keep-alive")
+        connection = headers.get(b"connection", b"").lower()
+        close = connection == b"close" or (version == b"HTTP/1.0" and connection != b"keep-alive")
         if method not in (b"GET", b"HEAD"):
             await self._respond(writer, 405, b"only GET and HEAD\n", close=close, extra=b"Allow: GET, HEAD\r\n")
             return not close
         path = target.split(b"?", 1)[0]
         head_only = method == b"HEAD"
+        # /healthz stays open: it carries no secrets, and local runbooks probe it without credentials.
+        if self._auth is not None and path not in (b"/healthz", b"/-/healthy"):
+            header = headers.get(b"authorization")
+            allowed = self._auth.cached(header)
+            if allowed is None:  # bcrypt is slow by design: keep it off the event loop
+                allowed = await asyncio.to_thread(self._auth.check, header)
+            if not allowed:
+                await self._respond(writer, 401, b"unauthorized\n", close=close,
+                                    extra=b'WWW-Authenticate: Basic realm="tta-carbon"\r\n')
+                return not close
         if path == b"/metrics":
             body, ctype, status = self._routes.metrics(), self._routes.metrics_content_type, 200
         elif path in (b"/healthz", b"/-/healthy"):

@@ -25,6 +25,7 @@ class WriteStats:
     written: int = 0
     write_errors: int = 0
     dropped: int = 0
+    torn_tails_repaired: int = 0
     last_error: str = ""
 
 
@@ -91,9 +92,39 @@ class NdjsonSink:
         if not self.output_dir.is_dir():
             # Someone removed the directory: recreate it rather than lose records.
             self.output_dir.mkdir(parents=True, exist_ok=True)
-        self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, FILE_MODE)
+        fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, FILE_MODE)
+        try:
+            self._repair_tail(fd)
+        except OSError:
+            os.close(fd)
+            raise
+        self._fd = fd
         self._fd_path = path
         return self._fd
+
+    def _repair_tail(self, fd: int) -> None:
+        """Cut a torn last line left by a previous writer that was killed mid-write.
+
+        A SIGKILL (or power loss) can end a write(2) at a page boundary, leaving part of a
+        line with no newline; the next record would be glued onto it. Such a record never
+        reached the state file either (it is saved after the line), so dropping it keeps
+        records and totals consistent.
+        """
+        size = os.fstat(fd).st_size
+        if size == 0 or os.pread(fd, 1, size - 1) == b"\n":
+            return
+        end = size
+        keep = 0
+        while end > 0:
+            start = max(0, end - 65536)
+            chunk = os.pread(fd, end - start, start)
+            nl = chunk.rfind(b"\n")
+            if nl >= 0:
+                keep = start + nl + 1
+                break
+            end = start
+        os.ftruncate(fd, keep)
+        self.stats.torn_tails_repaired += 1
 
     def _still_linked(self, path: Path) -> bool:
         # logrotate renames the file: keep writing to the old inode and records vanish into the archive.

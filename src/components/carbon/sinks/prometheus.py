@@ -24,6 +24,8 @@ class _SnapshotCollector(Collector):
         self.health: HealthSnapshot | None = None
         self.totals = Totals()
         self.power_w: dict[str, float] = dict.fromkeys(COMPONENTS, 0.0)
+        # Per-unit totals since this process started (docs/attribution.md): unit -> [joules, grams].
+        self.unit_totals: dict[str, list[float]] = {}
 
     def collect(self) -> Iterator[Metric]:
         h = self.health
@@ -46,6 +48,22 @@ class _SnapshotCollector(Collector):
         yield energy
         yield emissions
         yield power
+        if self.unit_totals:
+            unit_energy = CounterMetricFamily(
+                "tta_carbon_unit_energy_joules",
+                "Energy attributed to each systemd unit since the daemon started (plus other, unattributed).",
+                labels=["unit"],
+            )
+            unit_emissions = CounterMetricFamily(
+                "tta_carbon_unit_emissions_grams",
+                "CO2-equivalent attributed to each systemd unit since the daemon started (plus other, unattributed).",
+                labels=["unit"],
+            )
+            for unit, (joules, grams) in sorted(self.unit_totals.items()):
+                unit_energy.add_metric([unit], joules)
+                unit_emissions.add_metric([unit], grams)
+            yield unit_energy
+            yield unit_emissions
         intensity = GaugeMetricFamily(
             "tta_carbon_intensity_grams_per_kwh", "Carbon intensity used for the last interval.", labels=["source"]
         )
@@ -121,6 +139,10 @@ class PrometheusSink:
             if record is not None:
                 self._collector.totals = record.totals
                 self._collector.power_w = dict(record.power_w)
+                for unit, share in record.units.items():
+                    acc = self._collector.unit_totals.setdefault(unit, [0.0, 0.0])
+                    acc[0] += share["energy_j"]
+                    acc[1] += share["emissions_g"]
             self._page = generate_latest(self._registry)
 
     def restore(self, totals: Totals) -> None:
