@@ -16,7 +16,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -116,20 +115,9 @@ class OpsDaemon(DaemonProc):
         # A wrapped daemon may run as another user, who cannot write to the root-owned notify
         # socket: wait on /healthz instead (the HTTP server is up by READY time).
         super().start(wait_ready=wait_ready and not self.wrap, timeout=timeout)
-        # Keep reading the notify socket, as systemd does: it queues only 10 datagrams
-        # (net.unix.max_dgram_qlen), and then the daemon blocks in sendto() for good,
-        # STATUS= every interval and SIGTERM included.
-        threading.Thread(target=self._drain, name="notify-drain", daemon=True).start()
         if wait_ready and self.wrap:
             self.wait_for(lambda h: True, "/healthz", timeout)
         return self
-
-    def _drain(self) -> None:
-        while self.proc is not None and self.proc.poll() is None:
-            try:
-                self.drain_notifications(0.5)
-            except OSError:  # closed by stop()
-                return
 
     def health(self, timeout: float = 2) -> dict:
         try:
