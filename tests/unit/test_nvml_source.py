@@ -288,3 +288,14 @@ def test_prometheus_no_gpu_no_gpu_families():
     sink = PrometheusSink()
     sink.update(HealthSnapshot(version="t", project="p", env="e", interval_s=2.0, started_at=0.0), None)
     assert "tta_carbon_gpu_" not in sink.page().decode()
+
+
+def test_real_pynvml_on_a_machine_without_driver():
+    """The common case here: the real nvidia-ml-py, no libnvidia-ml.so.1."""
+    import ctypes.util
+
+    if ctypes.util.find_library("nvidia-ml"):
+        pytest.skip("this machine has the NVIDIA driver library")
+    assert sys.modules.get("pynvml") is None or not getattr(sys.modules["pynvml"], "FAKE", False)
+    ok, why = nvml_available()
+    assert ok is False and why.startswith("NVML unavailable: NVMLError_LibraryNotFound") and "\n" not in why
