@@ -106,12 +106,13 @@ class CarbonComponent:
         cfg = self.config
         source, self.source_reason = select_source(
             cfg.energy_source, cfg.powercap_root, cfg.country_iso_code, cfg.project_name, self.output_dir,
-            cfg.cpu_tdp_watts, cfg.ram_watts,
+            cfg.cpu_tdp_watts, cfg.ram_watts, cfg.gpu,
         )
         self.health.energy_source = source.name
         try:
             source.open()
             self._source = source
+            self._prometheus.gpu_names = dict(getattr(source, "gpu_names", {}))
             self.health.tracker_available = True
         except SourceUnavailable as exc:
             # Keep serving metrics and health: they are how the operator learns about this.

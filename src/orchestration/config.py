@@ -85,6 +85,7 @@ class TTAConfig(BaseSettings):
     cpu_tdp_watts: float | None = Field(None, gt=0, le=5000, allow_inf_nan=False)
     ram_watts: float | None = Field(None, gt=0, le=2000, allow_inf_nan=False)
     powercap_root: Path = Path("/sys/class/powercap")
+    gpu: Literal["auto", "on", "off"] = "auto"
     record_hostname: bool = True
     metrics_web_config: Path | None = None
     # Per-systemd-unit attribution (docs/attribution.md).

@@ -63,7 +63,8 @@ def contract_metrics() -> dict[str, dict]:
         m = re.match(r"\|\s*`(tta_carbon_[a-z0-9_]+)`\s*\|\s*([^|]+?)\s*\|\s*([^|]*?)\s*\|", line)
         if m:
             labels = re.findall(r"`([a-z_]+)`", m.group(3))
-            out[m.group(1)] = {"type": m.group(2), "labels": labels}
+            # "only with a GPU source" etc.: exported only on hosts that have the hardware.
+            out[m.group(1)] = {"type": m.group(2), "labels": labels, "conditional": "only with" in m.group(3)}
     return out
 
 

@@ -6,6 +6,7 @@ Values come from the same record and totals that were written to NDJSON, so
 
 from __future__ import annotations
 
+import re
 import threading
 from collections.abc import Iterator
 
@@ -17,6 +18,7 @@ from src.components.carbon.health import HealthSnapshot
 from src.components.carbon.record import COMPONENTS, EmissionsRecord, Totals
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+_GPU_DEVICE = re.compile(r"gpu(\d+)")  # device keys of the NVML source: gpu0, gpu1, ...
 
 
 class _SnapshotCollector(Collector):
@@ -26,6 +28,10 @@ class _SnapshotCollector(Collector):
         self.power_w: dict[str, float] = dict.fromkeys(COMPONENTS, 0.0)
         # Per-unit totals since this process started (docs/attribution.md): unit -> [joules, grams].
         self.unit_totals: dict[str, list[float]] = {}
+        # Per GPU (NVML index as a string): product name, last interval's watts, joules since start.
+        self.gpu_names: dict[str, str] = {}
+        self.gpu_power_w: dict[str, float] = {}
+        self.gpu_energy_j: dict[str, float] = {}
 
     def collect(self) -> Iterator[Metric]:
         h = self.health
@@ -64,6 +70,21 @@ class _SnapshotCollector(Collector):
                 unit_emissions.add_metric([unit], grams)
             yield unit_energy
             yield unit_emissions
+        if self.gpu_names or self.gpu_energy_j:
+            gpus = sorted(set(self.gpu_names) | set(self.gpu_energy_j), key=int)
+            gpu_power = GaugeMetricFamily(
+                "tta_carbon_gpu_power_watts", "Average power over the last interval, per GPU (NVML index).",
+                labels=["gpu", "name"],
+            )
+            gpu_energy = CounterMetricFamily(
+                "tta_carbon_gpu_energy_joules", "GPU energy since the daemon started, per GPU (NVML index).",
+                labels=["gpu"],
+            )
+            for g in gpus:
+                gpu_power.add_metric([g, self.gpu_names.get(g, "")], self.gpu_power_w.get(g, 0.0))
+                gpu_energy.add_metric([g], self.gpu_energy_j.get(g, 0.0))
+            yield gpu_power
+            yield gpu_energy
         intensity = GaugeMetricFamily(
             "tta_carbon_intensity_grams_per_kwh", "Carbon intensity used for the last interval.", labels=["source"]
         )
@@ -143,7 +164,26 @@ class PrometheusSink:
                     acc = self._collector.unit_totals.setdefault(unit, [0.0, 0.0])
                     acc[0] += share["energy_j"]
                     acc[1] += share["emissions_g"]
+                self._note_gpus(record)
             self._page = generate_latest(self._registry)
+
+    @property
+    def gpu_names(self) -> dict[str, str]:
+        return self._collector.gpu_names
+
+    @gpu_names.setter
+    def gpu_names(self, names: dict[str, str]) -> None:
+        self._collector.gpu_names = dict(names)
+
+    def _note_gpus(self, record: EmissionsRecord) -> None:
+        c = self._collector
+        c.gpu_power_w = {}
+        for key, joules in record.devices_j.items():
+            match = _GPU_DEVICE.fullmatch(key)
+            if match:
+                g = match.group(1)
+                c.gpu_energy_j[g] = c.gpu_energy_j.get(g, 0.0) + joules
+                c.gpu_power_w[g] = joules / record.duration_s if record.duration_s > 0 else 0.0
 
     def restore(self, totals: Totals) -> None:
         self._collector.totals = Totals(totals.seq, dict(totals.energy_j), dict(totals.emissions_g))

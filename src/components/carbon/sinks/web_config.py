@@ -43,37 +43,44 @@ class WebConfig:
         return context
 
 
+def _shown(path: Path) -> str:
+    text = str(path)
+    return text if text.isprintable() else repr(text)  # one line, even for a path holding control characters
+
+
 def load_web_config(path: Path) -> WebConfig:
     """Parse and check the file; ValueError carries one line naming what is wrong."""
+    name = _shown(path)
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except OSError as exc:
-        raise ValueError(f"cannot read {path}: {exc.strerror}") from None
+        raise ValueError(f"cannot read {name}: {exc.strerror}") from None
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise ValueError(f"{path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+        raise ValueError(f"{name} is not valid YAML: {str(exc).splitlines()[0]}") from None
     if not isinstance(data, dict):
-        raise ValueError(f"{path}: top level must be a mapping")
+        raise ValueError(f"{name}: top level must be a mapping")
     unknown = set(data) - {"tls_server_config", "basic_auth_users"}
     if unknown:
-        raise ValueError(f"{path}: unsupported key {sorted(unknown)[0]!r} (supported: tls_server_config, "
+        raise ValueError(f"{name}: unsupported key {sorted(unknown)[0]!r} (supported: tls_server_config, "
                          "basic_auth_users)")
     cert = key = None
     tls = data.get("tls_server_config")
     if tls is not None:
         if not isinstance(tls, dict) or set(tls) - _KNOWN_TLS_KEYS or not _KNOWN_TLS_KEYS <= set(tls):
-            raise ValueError(f"{path}: tls_server_config needs exactly cert_file and key_file")
+            raise ValueError(f"{name}: tls_server_config needs exactly cert_file and key_file")
         cert, key = Path(tls["cert_file"]), Path(tls["key_file"])
         try:
             ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(str(cert), str(key))
         except (OSError, ssl.SSLError) as exc:
-            raise ValueError(f"{path}: cannot load cert_file/key_file: {exc}") from None
+            detail = " ".join(str(exc).split())
+            raise ValueError(f"{name}: cannot load cert_file/key_file: {detail}") from None
     users: dict[str, bytes] = {}
     raw_users = data.get("basic_auth_users") or {}
     if not isinstance(raw_users, dict):
-        raise ValueError(f"{path}: basic_auth_users must map user names to bcrypt hashes")
+        raise ValueError(f"{name}: basic_auth_users must map user names to bcrypt hashes")
     for user, hashed in raw_users.items():
         if not isinstance(hashed, str) or not hashed.startswith(("$2a$", "$2b$", "$2y$")):
-            raise ValueError(f"{path}: basic_auth_users.{user}: not a bcrypt hash (expected $2y$...)")
+            raise ValueError(f"{name}: basic_auth_users.{user}: not a bcrypt hash (expected $2y$...)")
         users[str(user)] = hashed.encode()
     return WebConfig(cert, key, users)
 

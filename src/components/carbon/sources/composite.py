@@ -1,0 +1,101 @@
+"""Several sources read as one: the CPU source (RAPL or cpu_load_tdp) plus the GPU source.
+
+Components and devices are merged; parts measure disjoint components (cpu/ram vs gpu),
+so a component present in two parts is a wiring bug and is refused.
+"""
+
+from __future__ import annotations
+
+from src.components.carbon.record import IntervalEnergy
+from src.components.carbon.sources import EnergySource
+
+
+class CompositeSource:
+    def __init__(self, *parts: EnergySource) -> None:
+        if not parts:
+            raise ValueError("CompositeSource needs at least one part")
+        self.parts = parts
+        self.name = "+".join(p.name for p in parts)  # e.g. "rapl+nvml"
+        self._carry: list[IntervalEnergy] = []  # readings of parts that succeeded in a failed interval
+
+    def open(self) -> None:
+        opened: list[EnergySource] = []
+        try:
+            for part in self.parts:
+                part.open()
+                opened.append(part)
+        except BaseException:
+            for part in opened:
+                _close_quietly(part)
+            raise
+
+    def read_interval(self) -> IntervalEnergy:
+        # Every part is read even when one fails, so the parts stay on the same interval
+        # boundary; the failure is raised after (the failed part keeps its energy pending).
+        readings: list[IntervalEnergy] = []
+        error: Exception | None = None
+        for part in self.parts:
+            try:
+                readings.append(part.read_interval())
+            except Exception as exc:
+                error = error or exc
+        if error is not None:
+            # The parts that did read must not lose their interval: this one counts it.
+            self._carry.extend(readings)
+            raise error
+        carried, self._carry = self._carry, []
+        return merge(*carried, *readings)
+
+    def close(self) -> IntervalEnergy:
+        readings, self._carry = self._carry, []
+        error: Exception | None = None
+        for part in self.parts:  # every part is closed, whatever the others do
+            try:
+                readings.append(part.close())
+            except Exception as exc:
+                error = error or exc
+        if error is not None:
+            raise error
+        return merge(*readings)
+
+    def sample(self) -> None:
+        for part in self.parts:
+            if hasattr(part, "sample"):
+                part.sample()
+
+    @property
+    def max_sample_interval_s(self) -> float | None:
+        limits = [getattr(p, "max_sample_interval_s", None) for p in self.parts]
+        found = [x for x in limits if x is not None]
+        return min(found) if found else None
+
+    @property
+    def gpu_names(self) -> dict[str, str]:
+        names: dict[str, str] = {}
+        for part in self.parts:
+            names.update(getattr(part, "gpu_names", {}))
+        return names
+
+
+def merge(*readings: IntervalEnergy) -> IntervalEnergy:
+    """Sum readings: joules add per component (same method required) and per device."""
+    components: dict = {}
+    devices: dict[str, float] = {}
+    assumptions: dict[str, str] = {}
+    for r in readings:
+        for comp, energy in r.components.items():
+            prev = components.get(comp)
+            if prev is not None and prev.method != energy.method:
+                raise ValueError(f"component {comp} measured two ways: {prev.method} and {energy.method}")
+            components[comp] = energy if prev is None else type(energy)(prev.joules + energy.joules, energy.method)
+        for dev, joules in r.devices.items():
+            devices[dev] = devices.get(dev, 0.0) + joules
+        assumptions.update(r.assumptions)
+    return IntervalEnergy(components=components, devices=devices, assumptions=assumptions)
+
+
+def _close_quietly(part: EnergySource) -> None:
+    try:
+        part.close()
+    except Exception:
+        pass
