@@ -148,10 +148,10 @@ class CarbonComponent:
         now_mono = time.monotonic()
         elapsed = now_mono - self._last_mono
         record = None
+        self._set_intensity(self._chain.current(time.time()))  # cheap: no I/O; the metric follows even without a record
         energy = self._read_source(final)
         if energy is not None:
             self._last_mono = now_mono
-            self._set_intensity(self._chain.current(time.time()))  # cheap: no I/O
             record = self._accountant.account(
                 energy, end_wall=time.time(), elapsed_s=elapsed, intensity=self._intensity,
                 identity=self._identity, final=final,
