@@ -20,7 +20,7 @@ from pathlib import Path
 from src.components.carbon import attribution
 from src.components.carbon.accounting import Accountant, Identity
 from src.components.carbon.health import HealthSnapshot
-from src.components.carbon.intensity import resolve_intensity
+from src.components.carbon.intensity import IntensityChain, build_chain
 from src.components.carbon.ledger import Ledger
 from src.components.carbon.record import EmissionsRecord, Intensity, IntervalEnergy, SourceUnavailable
 from src.components.carbon.sinks.http_server import MetricsServer, Routes
@@ -71,9 +71,8 @@ class CarbonComponent:
         self._ndjson = NdjsonSink(self.output_dir)
         self._prometheus = PrometheusSink()
         self._server: MetricsServer | None = None
-        self._intensity: Intensity = resolve_intensity(
-            config.intensity_g_per_kwh, config.country_iso_code, config.region
-        )
+        self._chain: IntensityChain = build_chain(config)  # network-free until start()
+        self._intensity: Intensity = self._chain.current(time.time())
         self._identity = self._make_identity(config)
         self._last_mono = 0.0
         self._state_write_errors = 0
@@ -120,6 +119,7 @@ class CarbonComponent:
         except Exception as exc:  # a source bug must not take the exporter down either
             self.health.tracker_error = f"{source.name} failed to open: {type(exc).__name__}: {exc}"
         self._open_attribution()
+        self._chain.start()  # the online provider's refresh thread, if any
         self._set_intensity(self._intensity)
         self._refresh_health_files()
         self._prometheus.update(self.health, None)
@@ -158,6 +158,7 @@ class CarbonComponent:
         now_mono = time.monotonic()
         elapsed = now_mono - self._last_mono
         record = None
+        self._set_intensity(self._chain.current(time.time()))  # cheap: no I/O; the metric follows even without a record
         energy = self._read_source(final)
         if energy is not None:
             self._last_mono = now_mono
@@ -183,11 +184,14 @@ class CarbonComponent:
         if self._server is not None:
             self._server.stop()
             self._server = None
+        self._chain.close()
         self._ndjson.close()
         return record
 
     LIVE_SETTINGS = frozenset({"log_level", "log_file", "project_name", "intensity_g_per_kwh", "country_iso_code",
-                               "region", "record_hostname"})
+                               "region", "record_hostname", "offline", "electricitymaps_token", "electricitymaps_zone",
+                               "electricitymaps_url", "electricitymaps_refresh_interval", "electricitymaps_timeout",
+                               "intensity_profile_file"})
 
     def reconfigure(self, config: TTAConfig) -> list[str]:
         """Apply what can change live; return the names of changed settings that need a restart."""
@@ -196,7 +200,12 @@ class CarbonComponent:
         self.config = self.config.model_copy(update={k: getattr(config, k) for k in self.LIVE_SETTINGS})
         self._identity = self._make_identity(config)
         self.health.project = config.project_name
-        self._set_intensity(resolve_intensity(config.intensity_g_per_kwh, config.country_iso_code, config.region))
+        old_chain, self._chain = self._chain, build_chain(config, reuse=self._chain)
+        if old_chain.online is not None and old_chain.online is not self._chain.online:
+            old_chain.online.close()
+        if self._accountant is not None:  # started: keep the (new) online provider refreshing
+            self._chain.start()
+        self._set_intensity(self._chain.current(time.time()))
         self._prometheus.update(self.health, None)
         return needs_restart
 

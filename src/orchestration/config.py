@@ -6,6 +6,7 @@ import ipaddress
 import os
 import re
 import stat
+import urllib.parse
 from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, Literal
@@ -15,6 +16,7 @@ from pydantic.fields import FieldInfo
 from pydantic_core import PydanticCustomError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from src.components.carbon.intensity import DEFAULT_ELECTRICITYMAPS_URL, LOOPBACK_HOSTS, ProfileProvider, default_zone
 from src.components.carbon.reference_data import energy_mix
 from src.orchestration.sources import (
     CONFIG_FILE_DEFAULT,
@@ -81,6 +83,11 @@ class TTAConfig(BaseSettings):
     intensity_g_per_kwh: float | None = Field(None, gt=0, le=3000, allow_inf_nan=False)
     offline: bool = True
     electricitymaps_token: SecretStr | None = None
+    electricitymaps_zone: str | None = Field(None, pattern=r"^[A-Za-z]{2}(-[A-Za-z0-9]{1,10}){0,3}$")
+    electricitymaps_url: str = DEFAULT_ELECTRICITYMAPS_URL
+    electricitymaps_refresh_interval: float = Field(900.0, ge=1, le=86400, allow_inf_nan=False)
+    electricitymaps_timeout: float = Field(5.0, gt=0, le=60, allow_inf_nan=False)
+    intensity_profile_file: Path | None = None
     energy_source: Literal["auto", "rapl", "cpu_load_tdp", "codecarbon"] = "auto"
     cpu_tdp_watts: float | None = Field(None, gt=0, le=5000, allow_inf_nan=False)
     ram_watts: float | None = Field(None, gt=0, le=2000, allow_inf_nan=False)
@@ -147,7 +154,7 @@ class TTAConfig(BaseSettings):
         return value.strip().lower() if isinstance(value, str) else value
 
     @field_validator("region", "log_file", "intensity_g_per_kwh", "electricitymaps_token", "cpu_tdp_watts",
-                     "ram_watts", mode="before")
+                     "ram_watts", "electricitymaps_zone", "intensity_profile_file", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: Any) -> Any:
         # An empty value in an env file means "not set", as systemd operators expect.
@@ -216,6 +223,27 @@ class TTAConfig(BaseSettings):
             raise ValueError("is a directory; give a file path, or an empty value for no log file")
         return value
 
+    @field_validator("electricitymaps_url")
+    @classmethod
+    def _electricitymaps_url(cls, value: str) -> str:
+        parts = urllib.parse.urlsplit(value.strip())
+        if parts.scheme == "https" and parts.hostname:
+            pass
+        elif parts.scheme == "http" and parts.hostname in LOOPBACK_HOSTS:
+            pass  # plain http only to loopback (a local relay, tests): the token must not cross a network
+        else:
+            raise ValueError("must be an https:// URL (http:// only to 127.0.0.1, ::1 or localhost)")
+        if parts.query or parts.fragment:
+            raise ValueError("must not contain a query or fragment (zone is added as ?zone=...)")
+        return value.strip()
+
+    @field_validator("intensity_profile_file")
+    @classmethod
+    def _profile_file(cls, value: Path | None) -> Path | None:
+        if value is not None:
+            ProfileProvider.load(value)  # raises ProfileError (a ValueError) naming file and line
+        return value
+
     @model_validator(mode="after")
     def _online_needs_token(self) -> TTAConfig:
         if not self.offline and self.electricitymaps_token is None:
@@ -224,6 +252,14 @@ class TTAConfig(BaseSettings):
                 "offline_needs_token",
                 "offline=false needs electricitymaps_token (CARBON_ELECTRICITYMAPS_TOKEN)",
                 {"setting": "offline"},
+            )
+        if (not self.offline and self.electricitymaps_zone is None
+                and default_zone(self.country_iso_code) is None):
+            raise PydanticCustomError(
+                "offline_needs_zone",
+                "offline=false needs electricitymaps_zone (CARBON_ELECTRICITYMAPS_ZONE): {country} has several "
+                "Electricity Maps zones, e.g. US-CAL-CISO",
+                {"setting": "country_iso_code", "country": self.country_iso_code},
             )
         return self
 
@@ -274,7 +310,11 @@ def _describe(exc: ValidationError, layers: list[Layer]) -> str:
             loc = (setting,)
         key = str(loc[0]) if loc else "config"
         # The value as the operator wrote it (before normalising validators), from the layer that won.
-        raw = next((layer.values[key] for layer in layers if key in layer.values), err.get("input"))
+        fallback = err.get("input")
+        if isinstance(fallback, dict):  # a model-level check: show the setting's own value, not the whole model
+            field_info = TTAConfig.model_fields.get(key)
+            fallback = fallback.get(key, field_info.default if field_info else None)
+        raw = next((layer.values[key] for layer in layers if key in layer.values), fallback)
         origin = next((layer.origins[key] for layer in layers if key in layer.origins), None)
         if origin is None:
             origin = "default" if key in TTAConfig.model_fields else "unknown source"

@@ -70,7 +70,9 @@ def test_offline_makes_no_outbound_connection(tmp_path, figures):
 def test_planted_token_never_appears(daemon_factory, figures):
     """CARBON_ELECTRICITYMAPS_TOKEN planted (offline=false): absent from logs, stderr, records, state, /metrics, /healthz."""
     token = "tok-" + os.urandom(12).hex()
+    # Online mode, pointed at a closed loopback port: the token is used and refused, never leaves this machine.
     d = daemon_factory(env={"CARBON_ELECTRICITYMAPS_TOKEN": token, "CARBON_OFFLINE": "false",
+                            "CARBON_ELECTRICITYMAPS_URL": "http://127.0.0.1:9/v3/carbon-intensity/latest",
                             "CARBON_LOG_LEVEL": "debug"}).start()
     d.wait_for_records(2)
     bodies = [http_get(d.url(p))[1] for p in ("/metrics", "/healthz", "/", "/nope")]

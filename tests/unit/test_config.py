@@ -569,9 +569,17 @@ def test_offline_false_without_token(cfg: Cfg, where: str, origin: str) -> None:
 
 
 def test_offline_false_with_token_is_fine(cfg: Cfg) -> None:
-    cfg.envfile(f"CARBON_OFFLINE=false\nCARBON_ELECTRICITYMAPS_TOKEN={TOKEN}\n")
+    cfg.envfile(f"CARBON_OFFLINE=false\nCARBON_ELECTRICITYMAPS_TOKEN={TOKEN}\nCARBON_ELECTRICITYMAPS_ZONE=US-CAL-CISO\n")
     c = cfg.load()
     assert c.offline is False and c.electricitymaps_token.get_secret_value() == TOKEN
+
+
+def test_offline_false_in_a_multi_zone_country_needs_a_zone(cfg: Cfg) -> None:
+    cfg.envfile(f"CARBON_OFFLINE=false\nCARBON_ELECTRICITYMAPS_TOKEN={TOKEN}\n")
+    msg = cfg.error()
+    assert msg == ("invalid country_iso_code='USA' (default; override with CARBON_COUNTRY_ISO_CODE): offline=false "
+                   "needs electricitymaps_zone (CARBON_ELECTRICITYMAPS_ZONE): USA has several Electricity Maps "
+                   "zones, e.g. US-CAL-CISO")
 
 
 # --------------------------------------------------------------------------- files
@@ -729,7 +737,7 @@ def test_output_dir_below_unsearchable_directory_permission_denied(tmp_path: Pat
 
 
 def _config_with_token(cfg: Cfg) -> TTAConfig:
-    cfg.envfile(f"CARBON_ELECTRICITYMAPS_TOKEN={TOKEN}\nCARBON_OFFLINE=false\n")
+    cfg.envfile(f"CARBON_ELECTRICITYMAPS_TOKEN={TOKEN}\nCARBON_OFFLINE=false\nCARBON_ELECTRICITYMAPS_ZONE=FR\n")
     return cfg.load()
 
 
