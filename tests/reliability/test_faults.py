@@ -152,7 +152,9 @@ def test_codecarbon_scheduler_thread_raises(daemon_factory, tmp_path, figures):
     shim.mkdir()
     (shim / "sitecustomize.py").write_text(SHIM)
     faults = tmp_path / "faults.log"
-    d = daemon_factory(env={"PYTHONPATH": str(shim), "TTA_FAULT_EVERY": "2", "TTA_FAULT_LOG": str(faults)}).start()
+    # energy_source=codecarbon: since 1a6e617 `auto` no longer runs codecarbon's tracker (or its monitor thread).
+    d = daemon_factory(settings={"energy_source": "codecarbon"},
+                       env={"PYTHONPATH": str(shim), "TTA_FAULT_EVERY": "2", "TTA_FAULT_LOG": str(faults)}).start()
     d.wait_for_records(4)
     assert faults.exists(), "the shim never fired: codecarbon did not call psutil.cpu_percent"
     threads = set(faults.read_text().split())
