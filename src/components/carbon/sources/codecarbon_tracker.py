@@ -99,7 +99,7 @@ class CodecarbonSource:
                 project_name=self._project,
                 output_dir=self._output_dir,
                 output_handlers=[self._collector],
-                save_to_file=False,
+                output_methods=[],  # none of codecarbon's own outputs: records are ours
                 measure_power_secs=_PARKED_MEASURE_SECS,
                 api_call_interval=-1,
                 allow_multiple_runs=True,  # False would install its own SIGTERM handler
