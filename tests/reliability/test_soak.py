@@ -87,3 +87,16 @@ def test_soak_codecarbon_source(shm_dir, figures):
     comp.stop()
     assert res["rss_growth_kib"] < 16 * 1024, res
     figures.update(**res, recycles=n // 200)
+
+
+def test_soak_default_source(shm_dir, figures):
+    """What `auto` runs on these VMs: the CPU-load x TDP estimate plus per-unit attribution on the host's
+    real cgroup tree, 20,000 intervals (172,800 = 30 days at 15 s with TTA_FULL_SOAK=1)."""
+    n = DAYS_30 if FULL else 20_000
+    comp = _component(shm_dir, "auto", shm_dir / "none")
+    assert comp.health.energy_source.startswith("cpu_load_tdp")
+    res = _soak(comp, n, lambda i: None)
+    assert comp._accountant.totals.seq == n
+    comp.stop()
+    assert res["rss_growth_kib"] < 5 * 1024, res  # the issue's bound: 5 MB over 30 days
+    figures.update(**res)
