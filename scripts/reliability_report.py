@@ -32,6 +32,12 @@ REUSED = {
         "SIGHUP storm (300 signals): keeps running, cadence kept, seq contiguous, final record",
     "tests/integration/test_reload.py::test_reload_applies_live_settings_and_rejects_bad_config":
         "SIGHUP with a broken config: reload rejected, measuring continues on the old config",
+    "tests/prometheus/test_tls_auth.py::test_curl_over_tls_with_and_without_credentials":
+        "TLS + basic auth: curl --cacert with right / wrong / no credentials (200 / 401 / 401), plain HTTP refused",
+    "tests/prometheus/test_tls_auth.py::test_prometheus_scrapes_over_tls_with_basic_auth":
+        "TLS + basic auth: a real Prometheus 2.42 scrapes over TLS with basic auth (up == 1)",
+    "tests/prometheus/test_tls_auth.py::test_bad_web_config_is_one_line_exit_78":
+        "Bad web config (plain-text password): one line, exit 78, secret not echoed, nothing created",
 }
 BAD_CONFIGS = REPO / "tests" / "data" / "bad_configs"
 
