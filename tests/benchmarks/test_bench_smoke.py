@@ -23,7 +23,7 @@ ROWS = [
     "steady CPU at 15 s interval",
     "steady RSS at 15 s interval",
     "RSS growth per 30 simulated days",
-    "RSS growth per 30 days, time-based upper bound",
+    "RSS slope over the wall-clock window",
     "/metrics req/s (wrk -t2 -c16) [peer: stock prometheus-client]",
     "/metrics p50 latency (ms) [peer: stock]",
     "/metrics p99 latency (ms) [peer: stock]",

@@ -21,7 +21,8 @@ def wait_count(d, n: int, timeout: float = 20) -> list[dict]:
 
 
 @pytest.mark.skipif(not LIBFAKETIME.exists(), reason="needs libfaketime (apt-get install faketime)")
-def test_forward_and_backward_clock_steps(daemon_factory, tmp_path):
+def test_forward_and_backward_clock_steps(daemon_factory, tmp_path, figures):
+    """Wall clock stepped +1 h then -3 h under the running daemon (libfaketime): one record per real second, seq contiguous, labels follow the clock."""
     offset = tmp_path / "faketime-offset"
     offset.write_text("+0\n")
     d = daemon_factory(env={
@@ -50,3 +51,6 @@ def test_forward_and_backward_clock_steps(daemon_factory, tmp_path):
     assert any(-10900 < s < -10700 for s in steps), steps  # ... and backwards
     total = sum(r["energy_j"]["total"] for r in records)
     assert records[-1]["totals"]["energy_j"]["total"] == pytest.approx(total, rel=1e-12)
+    figures.update(records=len(records), elapsed_s=round(elapsed, 2), steps_s=[3600, -10800],
+                   duration_s_min=min(r["duration_s"] for r in regular),
+                   duration_s_max=max(r["duration_s"] for r in regular), seq_gaps=0, duplicates=0)

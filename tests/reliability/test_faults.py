@@ -7,22 +7,12 @@ import shutil
 import signal
 import subprocess
 import textwrap
-from dataclasses import dataclass, field
 from pathlib import Path
 
 
 from tests.reliability.conftest import health, metrics, read_lines, wait_until
-from tests.support.daemon import DaemonProc
+from tests.support.daemon import PrefixedDaemon
 
-
-@dataclass
-class WrappedDaemon(DaemonProc):
-    """The daemon under a command prefix (unshare ...); the prefix execs, so the pid is the daemon's."""
-
-    prefix: list[str] = field(default_factory=list)
-
-    def argv(self) -> list[str]:
-        return [*self.prefix, *super().argv()]
 
 
 def _valid_lines(paths) -> list[dict]:
@@ -76,7 +66,7 @@ def test_disk_full_tmpfs_buffers_then_writes(tmp_path, figures):
     """Disk full (1 MiB tmpfs in a private mount namespace, filled): records buffered in memory, written in order once space returns; none dropped."""
     out = tmp_path / "d" / "out"
     out.mkdir(parents=True)
-    d = WrappedDaemon(workdir=tmp_path / "d", prefix=[
+    d = PrefixedDaemon(workdir=tmp_path / "d", prefix=[
         "unshare", "--mount", "--propagation", "private", "--",
         "sh", "-c", f'mount -t tmpfs -o size=1m tmpfs "{out}" && exec "$@"', "sh"])
     try:

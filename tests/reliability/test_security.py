@@ -5,21 +5,15 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import signal
 import stat
-from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 
 from tests.reliability.conftest import http_get
-from tests.support.daemon import DaemonProc
+from tests.support.daemon import PrefixedDaemon
 
-
-@dataclass
-class WrappedDaemon(DaemonProc):
-    prefix: list[str] = field(default_factory=list)
-
-    def argv(self) -> list[str]:
-        return [*self.prefix, *super().argv()]
 
 
 def test_metrics_bind_loopback_by_default_and_file_modes(daemon_factory, figures):
@@ -51,14 +45,22 @@ def test_metrics_bind_loopback_by_default_and_file_modes(daemon_factory, figures
 def test_offline_makes_no_outbound_connection(tmp_path, figures):
     """Offline mode in a network namespace with only loopback, under strace -f: no connect() to anything but loopback or a unix socket."""
     trace = tmp_path / "connect.trace"
-    d = WrappedDaemon(workdir=tmp_path / "d", prefix=[
+    d = PrefixedDaemon(workdir=tmp_path / "d", prefix=[
         "unshare", "--net", "--", "sh", "-c", 'ip link set lo up 2>/dev/null; exec "$@"', "sh",
         "strace", "-f", "-qq", "-e", "trace=connect", "-o", str(trace)])
+    # d.proc is strace; a signal to it detaches and leaves the daemon running, so signal the daemon itself.
+    daemon_pid = None
     try:
         d.start(timeout=60)
+        daemon_pid = int(Path(f"/proc/{d.proc.pid}/task/{d.proc.pid}/children").read_text().split()[0])
         d.wait_for_records(2, timeout=60)
+        os.kill(daemon_pid, signal.SIGTERM)
+        assert d.proc.wait(15) == 0  # strace exits with its tracee's status
     finally:
-        d.stop()
+        if daemon_pid is not None and d.proc.poll() is None:
+            os.kill(daemon_pid, signal.SIGKILL)
+        d.stop(signal.SIGKILL)
+    assert d.records()[-1]["final"] is True
     calls = [ln for ln in trace.read_text().splitlines() if "connect(" in ln]
     outbound = [ln for ln in calls if ("AF_INET" in ln or "AF_INET6" in ln)
                 and not re.search(r'inet_addr\("127\.|inet_pton\(AF_INET6, "::1"', ln)]

@@ -15,8 +15,10 @@ import time
 from tests.reliability.conftest import read_lines
 
 
-def test_sigterm_right_after_an_append_loses_and_tears_nothing(daemon_factory):
+def test_sigterm_right_after_an_append_loses_and_tears_nothing(daemon_factory, figures):
+    """SIGTERM fired within microseconds of a record's append (before the state save), 6 daemons: exit 0, no torn line, seq contiguous, state agrees with the file."""
     rng = random.Random(7)
+    lines_checked = 0
     for round_ in range(6):
         d = daemon_factory(f"r{round_}").start()
         d.wait_for_records(1)
@@ -34,4 +36,6 @@ def test_sigterm_right_after_an_append_loses_and_tears_nothing(daemon_factory):
         assert records[-1]["final"] is True
         state = json.loads((d.state_dir / "carbon_state.json").read_text())
         assert state["totals"]["seq"] == records[-1]["seq"]  # ledger and file agree
+        lines_checked += len(records)
         d.stop()
+    figures.update(rounds=6, exit_codes="all 0", lines_checked=lines_checked, torn=0, state_mismatches=0)

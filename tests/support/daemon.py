@@ -160,3 +160,15 @@ class DaemonProc:
             self._sock.close()
         self._stderr.close()
         return rc
+
+
+@dataclass
+class PrefixedDaemon(DaemonProc):
+    """The daemon under a command prefix (unshare ..., strace ...). ``proc`` is the prefix's process:
+    the daemon's own pid when the prefix execs, the tracer's when it is strace."""
+
+    prefix: list[str] = field(default_factory=list)
+
+    def argv(self) -> list[str]:
+        return [*self.prefix, *super().argv()]
+
