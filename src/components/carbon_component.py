@@ -273,6 +273,8 @@ class CarbonComponent:
         self._intensity = intensity
         self.health.intensity_g_per_kwh = intensity.grams_per_kwh
         self.health.intensity_source = intensity.source
+        online = self._chain.online
+        self.health.intensity_error = online.last_error if online is not None else ""
 
     def _note_record(self, record: EmissionsRecord) -> None:
         h = self.health

@@ -3,13 +3,16 @@ fallback to the last known value, SIGHUP rebuilding the chain, and the token nev
 
 from __future__ import annotations
 
+import json
 import signal
+import subprocess
 import time
 import urllib.request
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.support.daemon import clean_env
 from tests.support.fake_electricitymaps import FakeElectricityMaps
 
 TOKEN = "tok-daemon-SECRET-5be1c0de"
@@ -36,6 +39,11 @@ def wait_record(d, predicate, timeout: float = 15.0) -> dict:
     raise AssertionError(f"no matching record in {timeout}s; last: {tail}; stderr: {d.stderr()}")
 
 
+def healthz(d) -> dict:
+    with urllib.request.urlopen(d.url("/healthz"), timeout=5) as resp:  # 200 or not, the body is the snapshot
+        return json.loads(resp.read())
+
+
 def intensity_samples(samples: dict) -> dict[str, float]:
     return {dict(labels)["source"]: v for (name, labels), v in samples.items()
             if name == "tta_carbon_intensity_grams_per_kwh"}
@@ -57,6 +65,7 @@ def test_online_then_server_dies_then_cached_and_token_never_written(daemon_fact
         text, samples = scrape(d.url())
         pages.append(text)
         assert intensity_samples(samples) == {"electricitymaps": 123.5}
+        assert healthz(d)["intensity_error"] == ""
 
         fake.stop()  # the API goes away: connections are refused from now on
         rec = wait_record(d, lambda r: r["intensity_source"] == "electricitymaps_cached")
@@ -67,6 +76,16 @@ def test_online_then_server_dies_then_cached_and_token_never_written(daemon_fact
             time.sleep(0.1)
         pages.append(text)
         assert intensity_samples(samples) == {"electricitymaps_cached": 123.5}
+        health = healthz(d)
+        assert health["intensity_error"].startswith("cannot connect"), health
+        argv = d.argv()
+        argv[argv.index("run")] = "check"  # the same config, file and --set overrides as the daemon
+        check = subprocess.run(argv, capture_output=True, text=True, env=clean_env(CARBON_ELECTRICITYMAPS_TOKEN=TOKEN),
+                               timeout=30)
+        warning = [ln for ln in check.stdout.splitlines() if "Carbon intensity" in ln]
+        assert warning == ["⚠️  Carbon intensity: online source failing (cannot connect: Connection refused); "
+                           "using electricitymaps_cached"], check.stdout + check.stderr
+        outputs_check = check.stdout + check.stderr
         assert d.stop() == 0
         final = d.records()[-1]
         assert final["final"] and final["intensity_source"] == "electricitymaps_cached"
@@ -74,7 +93,8 @@ def test_online_then_server_dies_then_cached_and_token_never_written(daemon_fact
 
         log = d.log_file.read_text()
         assert "electricitymaps FR failed: cannot connect" in log  # the fallback is logged...
-        outputs = {"log file": log, "stderr": d.stderr_path.read_text(), "metrics": "".join(pages)}
+        outputs = {"log file": log, "stderr": d.stderr_path.read_text(), "metrics": "".join(pages),
+                   "check": outputs_check, "healthz": json.dumps(health)}
         for path in [*d.output_dir.iterdir(), *d.state_dir.iterdir()]:
             if path.is_file():
                 outputs[str(path)] = path.read_text(errors="replace")

@@ -20,6 +20,7 @@ class HealthSnapshot:
     estimated: bool = True
     intensity_g_per_kwh: float = 0.0
     intensity_source: str = ""
+    intensity_error: str = ""  # the online provider's last failure while it is failing; "" when fine or offline
     last_success_at: float = 0.0  # wall clock of the last good measurement; 0 = never
     measurements: int = 0
     measurement_errors: int = 0

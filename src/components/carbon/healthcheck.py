@@ -122,6 +122,10 @@ def live_checks(config: TTAConfig, timeout_s: float, now: float | None = None) -
         checks.append(Check("write_errors", WARN, f"Write errors: {write_errors} earlier, none pending now"))
     else:
         checks.append(Check("write_errors", OK, "Write errors: 0"))
+    if health.get("intensity_error"):
+        # The chain has already fallen back (cached value, then the country mix): numbers keep flowing.
+        checks.append(Check("intensity", WARN, f"Carbon intensity: online source failing "
+                                               f"({health['intensity_error']}); using {health.get('intensity_source')}"))
     methods = health.get("energy_method") or {}
     shown = ", ".join(f"{k}={v}" for k, v in sorted(methods.items())) or "unknown"
     if health.get("estimated", True):
