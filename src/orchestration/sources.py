@@ -154,7 +154,7 @@ def yaml_layer(path: Path, fields: set[str]) -> Layer:
         return layer
     if not isinstance(data, dict) or not isinstance(node, yaml.MappingNode):
         raise ConfigError(f"config file {name}: top level must be a mapping of settings, got {type(data).__name__}")
-    lines = _key_lines(node, text)
+    lines = _key_lines(node, text, name)
     for key, value in data.items():
         origin = f"{name} line {lines[key]}" if key in lines else name
         if not isinstance(key, str) or key not in fields or key in LOCATOR_FIELDS:
@@ -164,14 +164,22 @@ def yaml_layer(path: Path, fields: set[str]) -> Layer:
     return layer
 
 
-def _key_lines(node: yaml.MappingNode, text: str) -> dict[Any, int]:
-    """Line of each top-level key, keyed by the key as loaded (so ``1:`` and ``true:`` are found too)."""
+def _key_lines(node: yaml.MappingNode, text: str, name: str) -> dict[Any, int]:
+    """Line of each top-level key, keyed by the key as loaded (so ``1:`` and ``true:`` are found too).
+
+    A key given twice is refused: PyYAML keeps the last silently, so an operator who appended a new
+    ``measurement_interval:`` below an old one would run on a value they cannot see by reading top-down.
+    """
     constructor = yaml.SafeLoader("")
     lines: dict[Any, int] = {}
     for key_node, _ in node.value:
         try:
             key = constructor.construct_object(key_node, deep=True)
-            lines[key] = _line_of(text, key_node.start_mark.index)
+            line = _line_of(text, key_node.start_mark.index)
+            if key in lines:
+                raise ConfigError(f"config file {name} line {line}: setting {short_repr(key)} given twice "
+                                  f"(first on line {lines[key]}); keep one")
+            lines[key] = line
         except (yaml.YAMLError, TypeError):  # merge keys, unhashable keys: no line to report
             continue
     return lines

@@ -411,6 +411,19 @@ def test_unknown_yaml_key(cfg: Cfg, text: str, key_shown: str | None, line: int)
 
 
 @pytest.mark.parametrize(
+    ("text", "key", "first", "again"),
+    [
+        ("measurement_interval: 15\nlog_level: info\nmeasurement_interval: 1\n", "'measurement_interval'", 1, 3),
+        ("log_level: info\n# later edit\n\nlog_level: debug\n", "'log_level'", 1, 4),
+        ('"metrics_port": 9880\nmetrics_port: 9881\n', "'metrics_port'", 1, 2),  # quoting does not make it another key
+    ],
+)
+def test_duplicate_yaml_key_is_refused_with_both_lines(cfg: Cfg, text: str, key: str, first: int, again: int) -> None:
+    cfg.yaml(text)
+    cfg.error(f"config file {cfg.yaml_path} line {again}: setting {key} given twice (first on line {first})")
+
+
+@pytest.mark.parametrize(
     ("text", "line", "problem"),
     [
         ("measurement_interval: 15\n  metrics_port: 9880\n", 2, "mapping values are not allowed here"),
