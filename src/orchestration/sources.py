@@ -6,8 +6,10 @@ names the key, the bad value and *where it came from* (env var, file and line).
 
 from __future__ import annotations
 
+import os
 import re
 import reprlib
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -97,13 +99,27 @@ def environment_layer(environ: dict[str, str], fields: set[str]) -> Layer:
     return _env_layer("environment", pairs, fields)
 
 
+MAX_CONFIG_BYTES = 1 << 20  # a settings file is a few hundred bytes; far more means the wrong file
+
+
 def _read_text(path: Path, kind: str) -> str:
     try:
-        return path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as exc:
-        raise ConfigError(f"{kind} {show(path)}: not valid UTF-8 ({exc.reason} at byte {exc.start})") from None
+        mode = os.stat(path).st_mode
+        # Opening a FIFO blocks until a writer appears: the daemon would hang before it could say why.
+        if stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode):
+            raise ConfigError(f"{kind} {show(path)}: is a {'named pipe' if stat.S_ISFIFO(mode) else 'socket'}, "
+                              "not a file")
+        with open(path, "rb") as fh:
+            data = fh.read(MAX_CONFIG_BYTES + 1)  # bounded: /dev/zero or a log file named by mistake
     except OSError as exc:
         raise ConfigError(f"{kind} {show(path)}: cannot read: {exc.strerror}") from None
+    if len(data) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{kind} {show(path)}: larger than {MAX_CONFIG_BYTES // 1024} KiB; is it the right file?")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{kind} {show(path)}: not valid UTF-8 ({exc.reason} at byte {exc.start})") from None
+    return text.replace("\r\n", "\n").replace("\r", "\n")  # universal newlines, as read_text() did
 
 
 def parse_env_file(path: Path) -> dict[str, tuple[str, str]]:

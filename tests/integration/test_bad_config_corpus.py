@@ -125,6 +125,8 @@ class Case:
         setup = meta("setup.json", {})
         for rel in setup.get("mkdir", []):
             (inputs / rel).mkdir(parents=True, exist_ok=True)
+        for rel in setup.get("mkfifo", []):
+            os.mkfifo(inputs / rel)
         locked = {inputs / rel: int(mode, 8) for rel, mode in setup.get("chmod", {}).items()}
         short_name = name.split("-", 1)[1]
         mode = "exec" if EXEC_ALL or locked or short_name in EXEC_CASES else "fork"
