@@ -110,7 +110,8 @@ def render(results: Path) -> str:
         figs = f"cases: {len(params)}; passed: {sum(o == 'pass' for _, o, _ in params)}"
         if failed:
             figs += "; failed: " + ", ".join(failed)
-        rows.append(f"| {area} | `{cases[0][0].split('::')[-1].split('[')[0]}` | {CORPUS_AREAS[area]} | {outcome} | "
+        shown = (params or cases)[0][0].split("::")[-1].split("[")[0]
+        rows.append(f"| {area} | `{shown}` | {CORPUS_AREAS[area]} | {outcome} | "
                     f"{sum(s for _, _, s in cases):.1f} | {figs} |")
     head = [
         "# Reliability: fault suite results",
