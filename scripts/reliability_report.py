@@ -91,7 +91,7 @@ def render(results: Path) -> str:
         total_s += secs
         area = nodeid.split("::")[0].rsplit("/", 1)[-1].removeprefix("test_").removesuffix(".py")
         if area in CORPUS_AREAS:
-            # 77 one-line rows say less than one row with the count and the failures by name.
+            # Dozens of one-line rows say less than one row with the count and the failures by name.
             groups.setdefault(area, []).append((nodeid, outcome, secs))
             continue
         fig = figures.get(nodeid, {})

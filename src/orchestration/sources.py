@@ -103,22 +103,22 @@ MAX_CONFIG_BYTES = 1 << 20  # a settings file is a few hundred bytes; far more m
 
 
 def _read_text(path: Path, kind: str) -> str:
+    what = f"{kind} {show(path)}"
     try:
         mode = os.stat(path).st_mode
         # Opening a FIFO blocks until a writer appears: the daemon would hang before it could say why.
         if stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode):
-            raise ConfigError(f"{kind} {show(path)}: is a {'named pipe' if stat.S_ISFIFO(mode) else 'socket'}, "
-                              "not a file")
+            raise ConfigError(f"{what}: is a {'named pipe' if stat.S_ISFIFO(mode) else 'socket'}, not a file")
         with open(path, "rb") as fh:
             data = fh.read(MAX_CONFIG_BYTES + 1)  # bounded: /dev/zero or a log file named by mistake
     except OSError as exc:
-        raise ConfigError(f"{kind} {show(path)}: cannot read: {exc.strerror}") from None
+        raise ConfigError(f"{what}: cannot read: {exc.strerror}") from None
     if len(data) > MAX_CONFIG_BYTES:
-        raise ConfigError(f"{kind} {show(path)}: larger than {MAX_CONFIG_BYTES // 1024} KiB; is it the right file?")
+        raise ConfigError(f"{what}: larger than {MAX_CONFIG_BYTES // 1024} KiB; is it the right file?")
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise ConfigError(f"{kind} {show(path)}: not valid UTF-8 ({exc.reason} at byte {exc.start})") from None
+        raise ConfigError(f"{what}: not valid UTF-8 ({exc.reason} at byte {exc.start})") from None
     return text.replace("\r\n", "\n").replace("\r", "\n")  # universal newlines, as read_text() did
 
 

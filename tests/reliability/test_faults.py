@@ -9,10 +9,8 @@ import subprocess
 import textwrap
 from pathlib import Path
 
-
 from tests.reliability.conftest import health, metrics, read_lines, wait_until
 from tests.support.daemon import PrefixedDaemon
-
 
 
 def _valid_lines(paths) -> list[dict]:

@@ -15,7 +15,6 @@ from tests.reliability.conftest import http_get
 from tests.support.daemon import PrefixedDaemon
 
 
-
 def test_metrics_bind_loopback_by_default_and_file_modes(daemon_factory, figures):
     """Default metrics address is loopback only; NDJSON 0644, state 0640, log 0640 (umask 022)."""
     from src.orchestration import TTAConfig
