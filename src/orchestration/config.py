@@ -67,41 +67,83 @@ class TTAConfig(BaseSettings):
 
     model_config = SettingsConfigDict(extra="forbid", validate_default=True, frozen=True)
 
-    env: str = Field("staging", pattern=r"^[a-z0-9][a-z0-9_-]{0,31}$")
-    config_file: Path = CONFIG_FILE_DEFAULT
-    env_file: Path = ENV_FILE_DEFAULT
-    output_dir: Path = Path("/var/log/tta/staging/codecarbon")
-    project_name: str = Field("TTA-Staging", min_length=1, max_length=100, pattern=r"^[^\x00-\x1f\x7f]+$")
-    log_level: Literal["debug", "info", "warning", "error", "critical"] = "info"
-    log_file: Path | None = Path("/var/log/tta/staging/carbon.log")
-    measurement_interval: float = Field(15.0, ge=MIN_INTERVAL_S, le=MAX_INTERVAL_S, allow_inf_nan=False)
-    metrics_address: str = "127.0.0.1"
-    metrics_port: int = Field(DEFAULT_METRICS_PORT, ge=1, le=65535)
-    state_dir: Path = Path("/var/lib/tta/staging")
-    country_iso_code: str = "USA"
-    region: str | None = Field(None, max_length=64)
-    intensity_g_per_kwh: float | None = Field(None, gt=0, le=3000, allow_inf_nan=False)
-    offline: bool = True
-    electricitymaps_token: SecretStr | None = None
-    electricitymaps_zone: str | None = Field(None, pattern=r"^[A-Za-z]{2}(-[A-Za-z0-9]{1,10}){0,3}$")
-    electricitymaps_url: str = DEFAULT_ELECTRICITYMAPS_URL
-    electricitymaps_refresh_interval: float = Field(900.0, ge=1, le=86400, allow_inf_nan=False)
-    electricitymaps_timeout: float = Field(5.0, gt=0, le=60, allow_inf_nan=False)
-    intensity_profile_file: Path | None = None
-    energy_source: Literal["auto", "rapl", "cpu_load_tdp", "codecarbon"] = "auto"
-    cpu_tdp_watts: float | None = Field(None, gt=0, le=5000, allow_inf_nan=False)
-    ram_watts: float | None = Field(None, gt=0, le=2000, allow_inf_nan=False)
-    powercap_root: Path = Path("/sys/class/powercap")
-    gpu: Literal["auto", "on", "off"] = "auto"
-    record_hostname: bool = True
-    metrics_web_config: Path | None = None
+    env: str = Field("staging", pattern=r"^[a-z0-9][a-z0-9_-]{0,31}$",
+                     description="environment label in records and metrics")
+    config_file: Path = Field(CONFIG_FILE_DEFAULT, description="YAML file to read")
+    env_file: Path = Field(ENV_FILE_DEFAULT, description="environment file to read")
+    output_dir: Path = Field(Path("/var/log/tta/staging/codecarbon"),
+                             description="NDJSON records; must be a directory if it exists")
+    project_name: str = Field("TTA-Staging", min_length=1, max_length=100, pattern=r"^[^\x00-\x1f\x7f]+$",
+                              description="project name in records and `tta_carbon_build_info`; printable characters")
+    log_level: Literal["debug", "info", "warning", "error", "critical"] = Field(
+        "info", description="log level (any case)")
+    log_file: Path | None = Field(Path("/var/log/tta/staging/carbon.log"),
+                                  description="daemon log (JSON lines); empty = stderr/journald only")
+    measurement_interval: float = Field(
+        15.0, ge=MIN_INTERVAL_S, le=MAX_INTERVAL_S, allow_inf_nan=False,
+        description="seconds between measurements; below 1 s the measurement itself becomes the load, "
+                    "above an hour Prometheus marks the series stale")
+    metrics_address: str = Field("127.0.0.1",
+                                 description="IP literal /metrics listens on; anything but loopback exposes /metrics "
+                                             "to the network")
+    metrics_port: int = Field(
+        DEFAULT_METRICS_PORT, ge=1, le=65535,
+        description="TCP port of /metrics; chosen to avoid Prometheus (9090), Pushgateway (9091), "
+                    "Alertmanager (9093) and node_exporter (9100)")
+    state_dir: Path = Field(Path("/var/lib/tta/staging"),
+                            description="cumulative totals (`carbon_state.json`); must be a directory if it exists")
+    country_iso_code: str = Field("USA", description="ISO 3166-1 alpha-3 code with a bundled energy mix "
+                                                     "(codecarbon's data)")
+    region: str | None = Field(None, max_length=64, description="recorded with the location")
+    intensity_g_per_kwh: float | None = Field(
+        None, gt=0, le=3000, allow_inf_nan=False,
+        description="fixed carbon intensity override in gCO2eq/kWh; wins over every other intensity source "
+                    "(docs/intensity.md)")
+    offline: bool = Field(True, description="no outbound network connection; `false` enables Electricity Maps and "
+                                            "requires a token")
+    electricitymaps_token: SecretStr | None = Field(None, description="secret: never printed, logged or written")
+    electricitymaps_zone: str | None = Field(
+        None, pattern=r"^[A-Za-z]{2}(-[A-Za-z0-9]{1,10}){0,3}$",
+        description="Electricity Maps zone, e.g. `FR`, `US-CAL-CISO`; unset = derived from `country_iso_code` for "
+                    "single-zone countries, required otherwise (USA, CAN, ...) when `offline` is false")
+    electricitymaps_url: str = Field(DEFAULT_ELECTRICITYMAPS_URL,
+                                     description="Electricity Maps endpoint; `https://` only (`http://` to loopback "
+                                                 "only); no query")
+    electricitymaps_refresh_interval: float = Field(
+        900.0, ge=1, le=86400, allow_inf_nan=False,
+        description="seconds between requests (retry after a failure: min(60, this))")
+    electricitymaps_timeout: float = Field(5.0, gt=0, le=60, allow_inf_nan=False,
+                                           description="seconds per request")
+    intensity_profile_file: Path | None = Field(
+        None, description="CSV of `hour,g_per_kwh` (24 UTC hours) or `timestamp,g_per_kwh` (RFC 3339 steps); "
+                          "validated at load, see docs/intensity.md")
+    energy_source: Literal["auto", "rapl", "cpu_load_tdp", "codecarbon"] = Field(
+        "auto", description="`auto` (RAPL if readable, else the CPU-load x TDP estimate), `rapl`, `cpu_load_tdp`, "
+                            "`codecarbon` (run codecarbon's EmissionsTracker); see docs/energy-sources.md")
+    cpu_tdp_watts: float | None = Field(None, gt=0, le=5000, allow_inf_nan=False,
+                                        description="TDP in W for the estimate; unset = codecarbon's CPU table, "
+                                                    "else 4 W per thread")
+    ram_watts: float | None = Field(None, gt=0, le=2000, allow_inf_nan=False,
+                                    description="RAM power in W for the estimate; unset = codecarbon's per-DIMM model")
+    powercap_root: Path = Field(Path("/sys/class/powercap"), description="where RAPL zones live")
+    gpu: Literal["auto", "on", "off"] = Field(
+        "auto", description="NVIDIA GPUs through NVML: `auto` (when NVML lists a GPU), `on`, `off`; see docs/gpu.md")
+    record_hostname: bool = Field(True, description="`false` omits `host` from records")
+    metrics_web_config: Path | None = Field(
+        None, description="exporter-toolkit style web config (TLS and/or bcrypt basic auth) for /metrics; "
+                          "see docs/security.md")
     # Per-systemd-unit attribution (docs/attribution.md).
-    attribution_enabled: bool = True
-    cgroup_root: Path = Path("/sys/fs/cgroup")
-    proc_root: Path = Path("/proc")
-    attribution_include: tuple[str, ...] = ("system.slice/*.service",)
-    attribution_exclude: tuple[str, ...] = ()
-    attribution_top_n: int = Field(20, ge=0, le=1000)
+    attribution_enabled: bool = Field(True, description="per-systemd-unit split in each record (docs/attribution.md)")
+    cgroup_root: Path = Field(Path("/sys/fs/cgroup"),
+                              description="cgroup mount point; v2, hybrid (`unified/`) and v1 `cpuacct` are detected")
+    proc_root: Path = Field(Path("/proc"), description="where the attribution reads `stat` (host CPU time)")
+    attribution_include: tuple[str, ...] = Field(
+        ("system.slice/*.service",),
+        description="globs on the cgroup path below the root; a list in YAML, comma/space-separated in env")
+    attribution_exclude: tuple[str, ...] = Field(
+        (), description="globs; a matching cgroup is not a unit (its CPU time is `unattributed`)")
+    attribution_top_n: int = Field(20, ge=0, le=1000,
+                                   description="units that keep their name per record; the rest are summed as `other`")
 
     def __init__(self, **values: Any) -> None:
         token = _layers.set([])
