@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.fixtures.fake_rapl import FakeRapl
 from tests.integration.ops_helpers import REPO, TTA_CARBON, OpsDaemon, as_user, clean_env, read_only
 
 ESTIMATED = "⚠️  Energy method: estimated, not measured (cpu=cpu_load_tdp, ram=constant)"
@@ -50,19 +51,32 @@ def static_ok(s: OpsDaemon) -> list[str]:
 @pytest.fixture(scope="module")
 def live() -> Iterator[dict[str, OpsDaemon]]:
     """Two daemons started together (they share the start-up cost): one healthy, one whose
-    measurement loop hangs after the first interval while its HTTP thread keeps answering."""
+    measurement loop hangs after the first interval while its HTTP thread keeps answering.
+
+    The hang is at the hardware boundary: that daemon measures a fake RAPL tree, and once
+    its first record is written the package counter's energy_uj becomes a FIFO
+    (FakeRapl.stall), so the next read blocks in open() for good."""
     root = Path(tempfile.mkdtemp(prefix="tta-hc-"))
     root.chmod(0o755)
-    started = {
-        "healthy": OpsDaemon(root / "healthy").start(wait_ready=False),
-        "stalled": OpsDaemon(root / "stalled",
-                             env={"TTA_CARBON_TEST_FAULT": "stall-after:1"}).start(wait_ready=False),
-    }
     try:
-        yield started
+        with FakeRapl(root / "powercap") as rapl:  # exit: stops the counters, releases the FIFO
+            rapl.start_live({"package-0": 12.0}, tick=0.05)
+            started = {
+                "healthy": OpsDaemon(root / "healthy").start(wait_ready=False),
+                "stalled": OpsDaemon(root / "stalled",
+                                     settings={"energy_source": "rapl", "powercap_root": str(rapl.root)},
+                                     ).start(wait_ready=False),
+            }
+            try:
+                stalled = started["stalled"]
+                stalled.wait_records(1)  # its next read is an interval (1 s) away: stall before it
+                rapl.stall("package-0")
+                assert stalled.health()["records_written"] == 1, "stalled too late: a second record was written"
+                yield started
+            finally:
+                started["healthy"].stop()
+                started["stalled"].stop(signal.SIGKILL)  # hung on purpose: only a kill ends it (as the watchdog would)
     finally:
-        started["healthy"].stop()
-        started["stalled"].stop(signal.SIGKILL)  # hung on purpose: only a kill ends it (as the watchdog would)
         shutil.rmtree(root, ignore_errors=True)
 
 
@@ -126,7 +140,7 @@ def test_stale_measurements_while_http_answers(live: dict[str, OpsDaemon]) -> No
         (r"❌ Last measurement: stale, (\d+)s ago \(more than 3 intervals of 1s\)", 4, 30),
         (rf"❌ Today's records: {today_file()} last updated (\d+)s ago", 4, 30),
         "✅ Write errors: 0",
-        ESTIMATED,
+        "✅ Energy method: measured (cpu=rapl)",  # the one record came from the (fake) counters
     ])
     assert rc == 1
 

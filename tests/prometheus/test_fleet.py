@@ -7,9 +7,12 @@ deploy/prometheus/targets/tta-carbon.example.json: env + host labels).
   unchanged) equal the sum of the per-daemon values at each evaluation, and
   each per-daemon value equals that daemon's own cumulative total in its
   NDJSON records;
-- a fourth daemon hangs its measurement loop after 3 intervals (the
-  daemon's test fault hook TTA_CARBON_TEST_FAULT=stall-after:3) while still
-  serving /metrics: CarbonMeasurementsStale fires for exactly that instance;
+- a fourth daemon hangs its measurement loop after 3 intervals while still
+  serving /metrics: CarbonMeasurementsStale fires for exactly that instance.
+  It measures a fake RAPL tree (tests/fixtures/fake_rapl.py); once its third
+  record is written the package counter's energy_uj becomes a FIFO
+  (FakeRapl.stall), so its next read blocks in open() for good, as a read
+  stuck in the hardware would;
 - one daemon is killed (SIGKILL) and CarbonComponentDown fires for exactly that
   instance, with the deployed labels and annotations.
 
@@ -30,6 +33,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.fixtures.fake_rapl import FakeRapl
 from tests.prometheus.daemons import DrainedDaemon
 from tests.prometheus.promlib import (
     ALERT_RULES, EXAMPLE_TARGETS, JOB, RECORDING_RULES, alert_rules, deploy_prom_config, need_prometheus,
@@ -44,9 +48,10 @@ FLEET = {
     "a": ("staging", "carbon-staging-a"),
     "b": ("staging", "carbon-staging-b"),
     "c": ("production", "carbon-prod-c"),
-    "d": ("staging", "carbon-staging-d"),  # measurement loop hangs after 3 intervals
+    "d": ("staging", "carbon-staging-d"),  # on fake RAPL; measurement loop hangs after 3 intervals
 }
 STALLED = "d"
+STALL_AFTER = 3  # records the stalled daemon writes before its counter read hangs
 SHORT_FOR = "2s"
 
 
@@ -78,29 +83,41 @@ def fleet(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("fleet")
     daemons: dict[str, DrainedDaemon] = {}
     prom = None
-    try:
-        for name, (env, _host) in FLEET.items():
-            fault = {"TTA_CARBON_TEST_FAULT": "stall-after:3"} if name == STALLED else {}
-            daemons[name] = DrainedDaemon(workdir=tmp / name, interval=1.0, settings={"env": env}, env=fault)
-            daemons[name].start(wait_ready=False)  # start all three, then wait: they boot in parallel
-        for d in daemons.values():
-            d.wait_for_notification("READY=1", timeout=40)
-            d.start_draining()
-        sd_file = tmp / "tta-carbon-fleet.json"
-        sd_file.write_text(json.dumps(file_sd_groups(daemons), indent=2))
-        alerts = rules_with_for(ALERT_RULES, tmp / "tta-carbon-alerts.yml",
-                                {"CarbonComponentDown": SHORT_FOR, "CarbonMeasurementsStale": SHORT_FOR})
-        cfg = deploy_prom_config(static_targets=None, file_sd=sd_file, rule_files=[RECORDING_RULES, alerts])
-        prom = PromServer(tmp / "prom", config=cfg).start()
-        started = time.time()
-        prom.wait_for(lambda: len(prom.query(f'count_over_time(up{{job="{JOB}"}}[1m]) >= 5')) == len(FLEET),
-                      timeout=40, what="5 scrapes of each daemon")
-        yield Fleet(daemons, prom, tmp, started)
-    finally:
-        if prom is not None:
-            prom.stop()
-        for name, d in daemons.items():
-            d.stop(signal.SIGKILL if name == STALLED else signal.SIGTERM, timeout=15)
+    with FakeRapl(tmp / "powercap") as rapl:  # exit: stops the counters, releases the FIFO
+        rapl.start_live({"package-0": 12.0}, tick=0.05)
+        try:
+            for name, (env, _host) in FLEET.items():
+                settings = {"env": env}
+                if name == STALLED:
+                    settings |= {"energy_source": "rapl", "powercap_root": str(rapl.root)}
+                daemons[name] = DrainedDaemon(workdir=tmp / name, interval=1.0, settings=settings)
+                daemons[name].start(wait_ready=False)  # start all four, then wait: they boot in parallel
+            # The stalled daemon first, while the others boot: its next read is an interval
+            # (1 s) after its third record, and must find the FIFO.
+            stalled = daemons[STALLED]
+            stalled.wait_for_notification("READY=1", timeout=40)
+            stalled.wait_for_records(STALL_AFTER, timeout=40)
+            rapl.stall("package-0")
+            assert len(stalled.records()) == STALL_AFTER, "stalled too late: a fourth record was written"
+            for d in daemons.values():
+                if d is not stalled:
+                    d.wait_for_notification("READY=1", timeout=40)
+                d.start_draining()
+            sd_file = tmp / "tta-carbon-fleet.json"
+            sd_file.write_text(json.dumps(file_sd_groups(daemons), indent=2))
+            alerts = rules_with_for(ALERT_RULES, tmp / "tta-carbon-alerts.yml",
+                                    {"CarbonComponentDown": SHORT_FOR, "CarbonMeasurementsStale": SHORT_FOR})
+            cfg = deploy_prom_config(static_targets=None, file_sd=sd_file, rule_files=[RECORDING_RULES, alerts])
+            prom = PromServer(tmp / "prom", config=cfg).start()
+            started = time.time()
+            prom.wait_for(lambda: len(prom.query(f'count_over_time(up{{job="{JOB}"}}[1m]) >= 5')) == len(FLEET),
+                          timeout=40, what="5 scrapes of each daemon")
+            yield Fleet(daemons, prom, tmp, started)
+        finally:
+            if prom is not None:
+                prom.stop()
+            for name, d in daemons.items():
+                d.stop(signal.SIGKILL if name == STALLED else signal.SIGTERM, timeout=15)
 
 
 def test_file_sd_targets_carry_env_and_host(fleet):
@@ -213,7 +230,7 @@ def test_component_down_fires_for_the_killed_instance_only(fleet, results):
     for name in ("a", "c", STALLED):
         assert prom.query_value(f'up{{instance="{fleet.daemons[name].instance}"}}') == 1
     # Besides this alert only the stalled daemon's CarbonMeasurementsStale (and
-    # CarbonEstimatedEnergy, pending: these VMs have no RAPL) may be active;
+    # CarbonEstimatedEnergy for the others, pending: these VMs have no RAPL) may be active;
     # the dead daemon gets no stale alert (the rule requires up == 1).
     active = {(a["labels"]["alertname"], a["labels"]["instance"]) for a in prom.alerts()
               if a["labels"]["alertname"] != "CarbonEstimatedEnergy"}
@@ -258,4 +275,4 @@ def test_per_daemon_rule_values_equal_each_daemons_ndjson_totals(fleet, results)
         assert len(unscraped) <= 2, unscraped
         assert records[-1]["final"] is (name not in ("b", STALLED))  # SIGKILLed: no final record
         if name == STALLED:
-            assert len(records) == 3 and not unscraped
+            assert len(records) == STALL_AFTER and not unscraped

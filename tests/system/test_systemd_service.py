@@ -18,7 +18,6 @@ import pytest
 from nsystemd import wait_for
 from staged import (
     CONFIG,
-    DROPIN_DIR,
     ENV_FILE,
     INSTALL_DIR,
     OUTPUT_DIR,
@@ -26,6 +25,7 @@ from staged import (
     StagedService,
     exposure,
 )
+from tests.fixtures.fake_rapl import FakeRapl
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -230,18 +230,56 @@ def test_kill9_restarts_and_totals_continue(svc: StagedService) -> None:
 
 
 def test_watchdog_kills_stalled_loop_and_restarts(svc: StagedService) -> None:
-    svc.sd.write(f"{DROPIN_DIR}/91-fault.conf", "[Service]\nEnvironment=TTA_CARBON_TEST_FAULT=stall-after:2\n")
-    svc.sd.systemctl("daemon-reload", check=True)
-    cur = svc.cursor()
-    t0 = time.monotonic()
-    start(svc)
-    wait_for(lambda: int(svc.props("NRestarts")["NRestarts"]) >= 1, 20, interval=0.2, what="watchdog restart")
-    # 2 intervals of 1 s, then WatchdogSec=3 without a ping.
-    assert time.monotonic() - t0 >= 4
-    text = svc.journal(cur, unit_only=False)
-    assert "Watchdog timeout" in text
-    assert '"event": "test_fault_stall"' in text
-    svc.sd.wait_active(UNIT)
+    # The loop hangs at the hardware boundary: the daemon measures a fake RAPL tree over
+    # /sys/class (as in the drop-in test below), and once its second record is written the
+    # package counter's energy_uj becomes a FIFO, so the third read blocks in open() for good.
+    svc.sd.run("mount -t tmpfs -o mode=755 tmpfs /sys/class", check=True)
+    try:
+        with FakeRapl(svc.sd.path("/sys/class/powercap")) as rapl:  # exit: releases the FIFO
+            rapl.start_live({"package-0": 12.0}, tick=0.05)
+            set_yaml(svc, "energy_source", "rapl")
+            cur = svc.cursor()
+            t0 = time.monotonic()
+            run_id = start(svc)
+            pid = svc.main_pid()
+            of_run = lambda: [r for r in svc.records() if r["run_id"] == run_id]  # noqa: E731
+            svc.wait_records(2, run_id)  # the third read is an interval (1 s) away: stall before it
+            with rapl.stall("package-0") as stall:
+                assert len(of_run()) == 2, "stalled too late: a third record was written"
+                wait_for(lambda: int(svc.props("NRestarts")["NRestarts"]) >= 1, 20, interval=0.2,
+                         what="watchdog restart")
+                # 2 intervals of 1 s, then WatchdogSec=3 without a ping.
+                assert time.monotonic() - t0 >= 4
+                # The process was alive but silent: the watchdog, not a crash, ended it.
+                lines = [
+                    f"{UNIT}: Watchdog timeout (limit 3s)!",
+                    f"{UNIT}: Killing process {pid} (tta-carbon) with signal SIGABRT.",
+                    "status=6/ABRT",
+                    f"{UNIT}: Failed with result 'watchdog'.",
+                    f"{UNIT}: Scheduled restart job, restart counter is at 1.",
+                ]
+                # (journald may lag the manager by a moment: wait for the last line to land)
+                text = wait_for(lambda: t if lines[-1] in (t := svc.journal(cur, unit_only=False)) else None, 10,
+                                interval=0.2, what="the restart in the journal")
+                at = [text.find(ln) for ln in lines]
+                assert -1 not in at and at == sorted(at), text
+                # The restarted daemon reads the same counter at start-up (before READY=1), so
+                # it blocks there: release() finds it waiting in open() and hands it the count.
+                assert svc.props("ActiveState")["ActiveState"] == "activating"
+                assert len(of_run()) == 2
+                assert stall.release(wait_for_reader=20), "the restarted daemon never blocked on the counter"
+            svc.sd.wait_active(UNIT)
+            assert svc.main_pid() != pid
+            new = svc.wait_records(1, svc.run_id())
+            old = of_run()
+            # Nothing after the stall (and no final record: SIGABRT), then the new process
+            # measures again, on RAPL, its seq continuing from the ledger.
+            assert [(r["seq"], r["final"]) for r in old] == [(old[0]["seq"], False), (old[0]["seq"] + 1, False)]
+            assert new[0]["seq"] == old[-1]["seq"] + 1
+            assert new[0]["energy_method"] == {"cpu": "rapl"} and new[0]["energy_j"]["cpu"] > 0
+    finally:
+        svc.sd.systemctl("stop", UNIT)
+        svc.sd.run("umount /sys/class")
 
 
 def test_bad_config_fails_with_78_and_no_restart_loop(svc: StagedService) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import stat
 import subprocess
 import sys
 import tempfile
@@ -474,6 +475,33 @@ def test_transient_read_failure_loses_no_energy(opened: tuple[FakeRapl, RaplSour
     fake.advance(15.0, {"package-0": 10.0})
     # Both intervals' energy arrives with the next good read.
     assert cpu_uj(source.read_interval()) == 300_000_000
+
+
+def test_stalled_counter_blocks_the_read_in_open_until_released(opened: tuple[FakeRapl, RaplSource]) -> None:
+    """FakeRapl.stall(), which the daemon-level stall tests rely on: the read hangs in
+    open(), the counter keeps counting, release() hands the blocked read the current
+    count and puts a regular file back; nothing is lost."""
+    fake, source = opened
+    fake.advance(15.0, {"package-0": 10.0})
+    stall = fake.stall("package-0")
+    energy_file = fake.path("package-0") / "energy_uj"
+    assert stat.S_ISFIFO(energy_file.stat().st_mode)
+    fake.advance(15.0, {"package-0": 10.0})  # counts on while stalled; the file stays a FIFO
+    assert stat.S_ISFIFO(energy_file.stat().st_mode)
+    got: list[IntervalEnergy] = []
+    reader = threading.Thread(target=lambda: got.append(source.read_interval()), daemon=True)
+    reader.start()
+    # True only if the reader was blocked in open() on the FIFO when release() came.
+    assert stall.release(wait_for_reader=10)
+    reader.join(10)
+    assert not reader.is_alive() and cpu_uj(got[0]) == 300_000_000
+    assert stat.S_ISREG(energy_file.stat().st_mode)
+    assert stall.release() is False  # released once; later calls do nothing
+    fake.advance(15.0, {"package-0": 10.0})
+    assert cpu_uj(source.read_interval()) == 150_000_000
+    with fake.stall("package-0") as again:  # nobody waiting: release just restores the file
+        assert again.release() is False
+    assert stat.S_ISREG(energy_file.stat().st_mode)
 
 
 def test_counter_above_declared_range_is_refused(opened: tuple[FakeRapl, RaplSource]) -> None:
