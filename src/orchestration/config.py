@@ -11,13 +11,14 @@ from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import Field, PrivateAttr, SecretStr, ValidationError, field_validator, model_validator
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticCustomError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from src.components.carbon.intensity import DEFAULT_ELECTRICITYMAPS_URL, LOOPBACK_HOSTS, ProfileProvider, default_zone
 from src.components.carbon.reference_data import energy_mix
+from src.components.carbon.sinks.web_config import WebConfig, load_web_config
 from src.orchestration.sources import (
     CONFIG_FILE_DEFAULT,
     ENV_FILE_DEFAULT,
@@ -40,6 +41,9 @@ DEFAULT_METRICS_PORT = 9880
 
 _layers: ContextVar[list[Layer]] = ContextVar("tta_config_layers", default=[])
 _environ: ContextVar[dict[str, str] | None] = ContextVar("tta_config_environ", default=None)
+# Files a validator has parsed while checking a setting (profile, web config), handed to the
+# model once validation passes: each file is read once, and what was checked is what runs.
+_parsed: ContextVar[dict[str, Any]] = ContextVar("tta_config_parsed", default={})
 
 
 def known_country_codes() -> frozenset[str] | None:
@@ -145,14 +149,29 @@ class TTAConfig(BaseSettings):
     attribution_top_n: int = Field(20, ge=0, le=1000,
                                    description="units that keep their name per record; the rest are summed as `other`")
 
+    _profile: ProfileProvider | None = PrivateAttr(None)
+    _web_config: WebConfig = PrivateAttr(default_factory=WebConfig)
+
     def __init__(self, **values: Any) -> None:
         token = _layers.set([])
+        parsed = _parsed.set({})
         try:
             super().__init__(**values)
         except ValidationError as exc:
             raise ConfigError(_describe(exc, _layers.get())) from None
         finally:
             _layers.reset(token)
+            _parsed.reset(parsed)
+
+    @property
+    def intensity_profile(self) -> ProfileProvider | None:
+        """The parsed ``intensity_profile_file`` (read once, when the setting was checked)."""
+        return self._profile
+
+    @property
+    def web_config(self) -> WebConfig:
+        """The parsed ``metrics_web_config``: TLS context and users (empty when unset)."""
+        return self._web_config
 
     @classmethod
     def settings_customise_sources(
@@ -251,11 +270,9 @@ class TTAConfig(BaseSettings):
 
     @field_validator("metrics_web_config")
     @classmethod
-    def _web_config(cls, value: Path | None) -> Path | None:
+    def _web_config_file(cls, value: Path | None) -> Path | None:
         if value is not None:
-            from src.components.carbon.sinks.web_config import load_web_config
-
-            load_web_config(value)  # ValueError: one line naming the problem
+            _parsed.get()["web_config"] = load_web_config(value)  # ValueError: one line naming the problem
         return value
 
     @field_validator("log_file")
@@ -283,8 +300,16 @@ class TTAConfig(BaseSettings):
     @classmethod
     def _profile_file(cls, value: Path | None) -> Path | None:
         if value is not None:
-            ProfileProvider.load(value)  # raises ProfileError (a ValueError) naming file and line
+            # ProfileError (a ValueError) names file and line. The chain sets the location.
+            _parsed.get()["profile"] = ProfileProvider.load(value)
         return value
+
+    @model_validator(mode="after")
+    def _keep_parsed_files(self) -> TTAConfig:
+        parsed = _parsed.get()
+        self._profile = parsed.get("profile")
+        self._web_config = parsed.get("web_config", WebConfig())
+        return self
 
     @model_validator(mode="after")
     def _online_needs_token(self) -> TTAConfig:

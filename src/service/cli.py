@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from src.orchestration import ConfigError, TTAConfig
+from src.service.exit_codes import EX_CANTCREAT, EX_CONFIG, EX_FAILURE, EX_OK, EX_UNAVAILABLE
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -55,37 +56,54 @@ def reload_environ(config: TTAConfig) -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if k not in from_file or from_file[k][0] != v}
 
 
+def _config_error(exc: ConfigError) -> int:
+    print(f"tta-carbon: config error: {exc}", file=sys.stderr)
+    return EX_CONFIG
+
+
+def _output_dir(args: argparse.Namespace) -> Path | int:
+    """``--dir`` or the configured output_dir; EX_CONFIG (already reported) when the config is bad."""
+    if args.dir:
+        return Path(args.dir)
+    try:
+        return load_config(args).output_dir
+    except ConfigError as exc:
+        return _config_error(exc)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from src.service import logs
-    from src.service.daemon import EX_CONFIG, Daemon
+    from src.service.daemon import Daemon
 
     try:
         config = load_config(args)
     except ConfigError as exc:
-        print(f"tta-carbon: config error: {exc}", file=sys.stderr)
-        return EX_CONFIG
+        return _config_error(exc)
     logs.configure(config.log_level, config.log_file)
     environ = reload_environ(config)  # decided once, at start: that is when systemd read the file
     return Daemon(config, lambda: load_config(args, environ)).run()
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from src.components.carbon.healthcheck import run_check
+    from src.service.healthcheck import run_check
 
     return run_check(lambda: load_config(args), as_json=args.json, timeout_s=args.timeout, live=not args.no_daemon)
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from src.components.carbon.report import run_report
+    from src.service.report import run_report
 
-    directory = Path(args.dir) if args.dir else None
-    if directory is None:
-        try:
-            directory = load_config(args).output_dir
-        except ConfigError as exc:
-            print(f"tta-carbon: config error: {exc}", file=sys.stderr)
-            return 78
-    return run_report(directory, as_json=args.json, by=args.by)
+    directory = _output_dir(args)
+    return directory if isinstance(directory, int) else run_report(directory, as_json=args.json, by=args.by)
+
+
+def cmd_prune(args: argparse.Namespace) -> int:
+    from src.service.prune import run_prune
+
+    directory = _output_dir(args)
+    if isinstance(directory, int):
+        return directory
+    return run_prune(directory, args.older_than, apply=args.apply, archive=args.archive)
 
 
 def _timeout(value: str) -> float:
@@ -101,7 +119,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="run the daemon in the foreground",
                          description="Measure every interval, write NDJSON records, serve /metrics. "
-                                     "Exit codes: 0 stopped cleanly, 69 port unavailable, 73 output dir unusable, 78 bad config.")
+                                     f"Exit codes: {EX_OK} stopped cleanly, {EX_UNAVAILABLE} port unavailable, "
+                                     f"{EX_CANTCREAT} output dir unusable, {EX_CONFIG} bad config.")
     _config_args(run)
     run.set_defaults(func=cmd_run)
 
@@ -124,9 +143,21 @@ def build_parser() -> argparse.ArgumentParser:
                         help="per-systemd-unit table, same as --by unit (docs/attribution.md)")
     report.set_defaults(func=cmd_report)
 
-    from src.components.carbon.prune import add_parser as add_prune_parser
+    from src.service.prune import parse_age
 
-    add_prune_parser(sub, _config_args, load_config)
+    prune = sub.add_parser(
+        "prune", help="delete (or archive) old NDJSON files; a dry run unless --apply",
+        description="List, and with --apply delete, the emissions_* files in the output directory whose "
+                    "records are all older than AGE (rotated/compressed copies: their mtime too). Never follows "
+                    f"symlinks, never touches other files. Exit {EX_OK} done (or nothing to do), {EX_FAILURE} error, "
+                    f"{EX_CONFIG} bad config.")
+    _config_args(prune)
+    prune.add_argument("--older-than", metavar="AGE", type=parse_age, required=True, help="e.g. 30d or 12w")
+    prune.add_argument("--apply", action="store_true", help="really delete (default: only list)")
+    prune.add_argument("--archive", metavar="PATH.tar.gz", type=Path,
+                       help="with --apply: write these files to a new tar.gz first; delete only if that succeeded")
+    prune.add_argument("--dir", metavar="DIR", help="prune this directory instead of the configured output_dir")
+    prune.set_defaults(func=cmd_prune)
     return parser
 
 

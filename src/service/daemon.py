@@ -17,14 +17,10 @@ from types import FrameType
 
 import sdnotify
 
-from src.components.carbon_component import CarbonComponent, OutputDirUnwritable
+from src.components.carbon_component import CarbonComponent, IntervalOutcome, OutputDirUnwritable
 from src.orchestration import ConfigError, TTAConfig
 from src.service import logs
-
-EX_OK = 0
-EX_UNAVAILABLE = 69
-EX_CANTCREAT = 73
-EX_CONFIG = 78
+from src.service.exit_codes import EX_CANTCREAT, EX_OK, EX_UNAVAILABLE
 
 
 class Daemon:
@@ -50,7 +46,6 @@ class Daemon:
         if watchdog_pid and watchdog_pid != str(os.getpid()):
             watchdog_usec = 0
         self._watchdog_every = watchdog_usec / 2e6 if watchdog_usec > 0 else None
-        self._stall_after = _test_fault_stall_after()
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         if signum == signal.SIGHUP:
@@ -64,7 +59,7 @@ class Daemon:
             signal.signal(sig, self._on_signal)
         log = self._log
         try:
-            self.component.start()
+            started = self.component.start()
         except OutputDirUnwritable as exc:
             log.error("start_failed", error=str(exc))
             _print_error(str(exc))
@@ -81,17 +76,18 @@ class Daemon:
             _print_error(msg)
             return EX_CANTCREAT
         comp = self.component
+        health = comp.health
         log.info(
-            "started", version=comp.health.version, run_id=comp.run_id, pid=os.getpid(),
+            "started", version=health.version, run_id=comp.run_id, pid=os.getpid(),
             metrics=f"http://{self.config.metrics_address}:{comp.metrics_port}/metrics",
             output_dir=str(comp.output_dir), interval_s=self.config.measurement_interval,
-            energy_source=comp.source_reason, ledger=comp.ledger_note, attribution=comp.attribution_note,
-            intensity_g_per_kwh=comp.health.intensity_g_per_kwh, intensity_source=comp.health.intensity_source,
+            energy_source=started.source, ledger=started.ledger.note, attribution=started.attribution,
+            intensity_g_per_kwh=health.intensity_g_per_kwh, intensity_source=health.intensity_source,
         )
-        if "is damaged" in comp.ledger_note:
-            log.error("state_file_damaged", error=comp.ledger_note)
-        if comp.health.tracker_error:
-            log.error("energy_source_unavailable", error=comp.health.tracker_error)
+        if started.ledger.damaged:
+            log.error("state_file_damaged", error=started.ledger.note)
+        if started.source_error:
+            log.error("energy_source_unavailable", error=started.source_error)
         if logs.TEE.error:
             log.error("log_file_unavailable", error=logs.TEE.error)
         self._notifier.notify(f"READY=1\nSTATUS=started; first measurement in {self.config.measurement_interval:g}s\n"
@@ -100,7 +96,8 @@ class Daemon:
             self._loop()
         finally:
             self._notifier.notify("STOPPING=1\nSTATUS=stopping: writing final record")
-            record = comp.stop()
+            final = comp.stop()
+            record = final.record if final is not None else None
             log.info("stopped", final_seq=record.seq if record else None,
                      total_emissions_g=comp.health.total_emissions_g)
         return EX_OK
@@ -114,7 +111,7 @@ class Daemon:
             now = time.monotonic()
             if now >= deadline:
                 ticks += 1
-                self._measure(ticks)
+                self._measure()
                 if now - deadline >= interval:
                     # We fell a whole interval behind (suspend, or a stall): resume the
                     # grid from here rather than firing a burst of catch-up measurements.
@@ -135,25 +132,22 @@ class Daemon:
             if sample_every is not None and time.monotonic() < deadline:
                 self.component.sample()
 
-    def _measure(self, ticks: int) -> None:
-        if self._stall_after is not None and ticks > self._stall_after:
-            self._log.warning("test_fault_stall", after=self._stall_after)
-            while True:  # deliberately hung: only the watchdog can end this
-                time.sleep(3600)
-        comp = self.component
-        before_errors = comp.health.measurement_errors, comp.health.write_errors
-        record = comp.measure_once()
-        h = comp.health
+    def _measure(self) -> None:
+        outcome = self.component.measure_once()
+        self._log_outcome(outcome)
+        self._notifier.notify(f"STATUS={self.component.health.status_line()}")
+        self._ping_watchdog()
+
+    def _log_outcome(self, outcome: IntervalOutcome) -> None:
+        record, h = outcome.record, self.component.health
         if record is not None:
             self._log.debug("measured", seq=record.seq, power_w=round(h.last_power_w, 3),
                             emissions_g=round(record.emissions_total_g, 6))
-        if h.measurement_errors != before_errors[0]:
-            self._log.error("measurement_failed", error=h.last_measurement_error, errors=h.measurement_errors)
-        if h.write_errors != before_errors[1]:
-            self._log.error("write_failed", error=h.last_write_error, pending=h.records_pending,
-                            dropped=h.records_dropped)
-        self._notifier.notify(f"STATUS={h.status_line()}")
-        self._ping_watchdog()
+        if outcome.error:
+            self._log.error("measurement_failed", error=outcome.error, errors=h.measurement_errors)
+        if outcome.write_failed:
+            s = outcome.sinks
+            self._log.error("write_failed", error=s.last_error, pending=s.pending, dropped=s.dropped)
 
     def _sleep(self, seconds: float) -> None:
         readable, _, _ = select.select([self._wake_r], [], [], max(0.0, seconds))
@@ -184,13 +178,6 @@ class Daemon:
                        intensity_g_per_kwh=self.component.health.intensity_g_per_kwh,
                        needs_restart=needs_restart or None)
         self._notifier.notify("READY=1")
-
-
-def _test_fault_stall_after() -> int | None:
-    fault = os.environ.get("TTA_CARBON_TEST_FAULT", "")
-    if fault.startswith("stall-after:"):
-        return int(fault.split(":", 1)[1])
-    return None
 
 
 def _print_error(message: str) -> None:

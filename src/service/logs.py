@@ -55,12 +55,6 @@ class TeeWriter:
                 except OSError as exc:
                     self.error = f"cannot write log file {self.path}: {exc.strerror}"
 
-    def size(self) -> int:
-        try:
-            return self.path.stat().st_size if self.path else 0
-        except OSError:
-            return 0
-
 
 class _TeeLogger:
     def __init__(self, tee: TeeWriter) -> None:

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.integration.ops_helpers import REPO, TTA_CARBON, OpsDaemon, clean_env
-from src.components.carbon.prune import make_plan, parse_age
+from src.service.prune import make_plan, parse_age
 
 DAY = timedelta(days=1)
 

@@ -169,7 +169,8 @@ def test_damaged_state_without_records_starts_at_zero(tmp_path, damage, figures)
                "wrong-version": b'{"version":9,"totals":{}}'}[damage]
     (tmp_path / "out").mkdir()
     (tmp_path / STATE_FILE).write_bytes(content)
-    totals, note = Ledger(tmp_path, tmp_path / "out").load()
+    loaded = Ledger(tmp_path, tmp_path / "out").load()
+    totals, note = loaded.totals, loaded.note
     assert totals.seq == 0 and sum(totals.energy_j.values()) == 0
     assert "is damaged" in note and "totals start at zero" in note
     kept = list(tmp_path.glob(f"{STATE_FILE}.corrupt-*"))

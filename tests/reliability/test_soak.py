@@ -47,7 +47,7 @@ def _soak(comp, n: int, step) -> dict:
     warm = min(2000, n // 10)
     for i in range(n):
         step(i)
-        assert comp.measure_once() is not None
+        assert comp.measure_once().record is not None
         if i == warm:
             gc.collect()
             rss0 = _rss_kib()

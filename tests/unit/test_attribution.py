@@ -7,7 +7,6 @@ file; one test also reads the host's real v1 cpuacct hierarchy with a real burni
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import os
@@ -35,7 +34,7 @@ from src.components.carbon.record import (
     IntervalEnergy,
     Totals,
 )
-from src.components.carbon.report import build_report, run_report
+from src.service.report import build_report, run_report
 from src.components.carbon.sinks.prometheus import PrometheusSink
 from src.components.carbon.sources.cgroups import (
     CgroupUnavailable,
@@ -318,11 +317,8 @@ def _record(units_ns: dict[str, float], host_s: float, seq_end: float = 1_795_00
     acct = acct or Accountant(Totals())
     energy = IntervalEnergy({"cpu": ComponentEnergy(20.0, "cpu_load_tdp"), "ram": ComponentEnergy(5.0, "constant")})
     rec = acct.account(energy, end_wall=seq_end, elapsed_s=1.0, intensity=Intensity(400.0, "fixed", "FRA"),
-                       identity=Identity("run-1", None, "p", "test"))
-    shares = attribute(delta(units_ns, host_s), cpu_j=rec.energy_j["cpu"], total_j=sum(rec.energy_j.values()),
-                       cpu_g=rec.emissions_g["cpu"], total_g=rec.emissions_total_g)
-    return dataclasses.replace(rec, units={k: v.as_dict() for k, v in shares.items()},
-                               attribution={"cpu": "cpu_time_share", "cgroup": "v2"}), acct
+                       identity=Identity("run-1", None, "p", "test"), cpu_time=delta(units_ns, host_s))
+    return rec, acct
 
 
 def test_record_json_and_metrics_and_report(tmp_path: Path) -> None:
@@ -386,18 +382,18 @@ def test_component_splits_each_interval_from_a_fixture_tree(tmp_path: Path) -> N
     }, environ={})
     assert cfg.attribution_include == ("system.slice/*.service", "system.slice/*.socket")
     comp = CarbonComponent(cfg)
-    comp.start(serve_metrics=False)
+    started = comp.start(serve_metrics=False)
     try:
-        assert comp.attribution_note.startswith("cgroup v1")
+        assert started.attribution.startswith("cgroup v1")
         t.set("system.slice/burn.service", 0.9)
         t.set_host(102.0)
-        rec = comp.measure_once()
+        rec = comp.measure_once().record
         assert rec is not None
         assert rec.units["burn.service"]["energy_j"] == pytest.approx(rec.energy_j["cpu"] * 0.45, rel=1e-9)
         assert sum(u["energy_j"] for u in rec.units.values()) == sum(rec.energy_j.values())
         assert rec.attribution == {"cpu": "cpu_time_share", "ram": UNATTRIBUTED, "gpu": UNATTRIBUTED, "cgroup": "v1"}
         shutil.rmtree(t.root)  # cgroup tree gone: records go on, everything unattributed
-        rec = comp.measure_once()
+        rec = comp.measure_once().record
         assert rec is not None and list(rec.units) == [UNATTRIBUTED]
         assert rec.units[UNATTRIBUTED]["energy_j"] == sum(rec.energy_j.values())
     finally:

@@ -19,10 +19,11 @@ from src.components.carbon.intensity import (
     IntensityChain,
     ProfileError,
     ProfileProvider,
-    build_chain,
+    build_chain as build_chain_from_settings,
     country_mix_intensity,
 )
 from src.orchestration import ConfigError, TTAConfig
+from src.orchestration.settings import intensity_settings
 from tests.support.fake_electricitymaps import FakeElectricityMaps
 
 TOKEN = "tok-unit-7f3a9c1e5d"
@@ -43,6 +44,10 @@ def fake():
 def online(fake: FakeElectricityMaps, **kwargs) -> ElectricityMapsProvider:
     kwargs.setdefault("timeout_s", 2.0)
     return ElectricityMapsProvider(SecretStr(TOKEN), "FR", fake.base_url, **kwargs)
+
+
+def build_chain(cfg: TTAConfig, reuse: IntensityChain | None = None) -> IntensityChain:
+    return build_chain_from_settings(intensity_settings(cfg), reuse=reuse)
 
 
 def config(tmp_path: Path, **values) -> TTAConfig:

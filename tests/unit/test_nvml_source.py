@@ -16,15 +16,20 @@ import pytest
 
 from src.components.carbon.accounting import Accountant, Identity
 from src.components.carbon.health import HealthSnapshot
-from src.components.carbon.record import ComponentEnergy, Intensity, IntervalEnergy, SourceUnavailable, Totals
+from src.components.carbon.record import ComponentEnergy, DeviceInfo, Intensity, IntervalEnergy, SourceUnavailable, Totals
 from src.components.carbon.sinks.prometheus import PrometheusSink
 from src.components.carbon.sources import nvml as nvml_module
 from src.components.carbon.sources.composite import CompositeSource, merge
 from src.components.carbon.sources.nvml import NvmlReadError, NvmlSource, nvml_available
 from src.components.carbon.sources.rapl import RaplSource
-from src.components.carbon.sources.select import select_source
+from src.components.carbon.sources.select import SourceSettings, select_source
 from tests.fixtures.fake_nvml import FakeGpu, FakeNvml, fake_pynvml_module
 from tests.fixtures.fake_rapl import FakeRapl
+
+
+def gpu_names(source) -> dict[str, str]:
+    """NVML index (the metric label) -> product name, from the source's device list."""
+    return {str(d.index): d.name for d in source.devices if d.kind == "gpu"}
 
 
 class Clock:
@@ -101,7 +106,7 @@ def test_counter_path_is_exact_per_gpu_across_power_steps(pynvml, tmp_path, cloc
     source = NvmlSource()
     source.open()
     assert source.methods == {"gpu0": "nvml", "gpu1": "nvml"} and source.max_sample_interval_s is None
-    assert source.gpu_names == {"0": "NVIDIA A100", "1": "NVIDIA H100"}
+    assert gpu_names(source) == {"0": "NVIDIA A100", "1": "NVIDIA H100"}
     clock.now += 1.0
     first = source.read_interval()
     assert first.devices == {"gpu0": 100.0, "gpu1": 50.0}
@@ -190,7 +195,7 @@ def test_composite_merges_rapl_and_nvml_and_closes_both(pynvml, tmp_path, clock)
     source = CompositeSource(RaplSource(rapl.root), NvmlSource())
     assert source.name == "rapl+nvml"
     source.open()
-    assert source.gpu_names == {"0": "NVIDIA A100-SXM4-40GB"}
+    assert gpu_names(source) == {"0": "NVIDIA A100-SXM4-40GB"}
     rapl.advance(1.0, {"package-0": 42.0, "package-0/dram": 5.0})
     clock.now += 1.0
     energy = source.read_interval()
@@ -244,7 +249,7 @@ def test_merge_refuses_one_component_two_ways():
 def test_select_source_gpu_setting(pynvml, tmp_path, clock, gpu, present, name):
     make(tmp_path, clock, [FakeGpu()], init_error=None if present else "LibraryNotFound")
     rapl = FakeRapl(tmp_path / "powercap")
-    source, reason = select_source("auto", rapl.root, "FRA", "p", tmp_path, gpu=gpu)
+    source, reason = select_source(SourceSettings("auto", rapl.root, "FRA", "p", tmp_path, gpu=gpu))
     assert source.name == name
     if gpu == "auto":
         assert ("gpu0 NVIDIA A100-SXM4-40GB (nvml)" in reason) is present
@@ -256,7 +261,7 @@ def test_select_source_gpu_setting(pynvml, tmp_path, clock, gpu, present, name):
 
 def test_codecarbon_source_is_never_composed(pynvml, tmp_path, clock):
     make(tmp_path, clock, [FakeGpu()])
-    source, _ = select_source("codecarbon", tmp_path / "none", "FRA", "p", tmp_path, gpu="on")
+    source, _ = select_source(SourceSettings("codecarbon", tmp_path / "none", "FRA", "p", tmp_path, gpu="on"))
     assert source.name == "codecarbon"
 
 
@@ -265,7 +270,7 @@ def test_codecarbon_source_is_never_composed(pynvml, tmp_path, clock):
 
 def test_prometheus_per_gpu_power_and_energy(tmp_path):
     sink = PrometheusSink()
-    sink.gpu_names = {"0": "NVIDIA A100", "1": "Tesla P100"}
+    sink.set_devices([DeviceInfo("gpu0", "gpu", 0, "NVIDIA A100"), DeviceInfo("gpu1", "gpu", 1, "Tesla P100")])
     health = HealthSnapshot(version="t", project="p", env="e", interval_s=2.0, started_at=0.0)
     accountant = Accountant(Totals())
     identity = Identity("r", None, "p", "e")

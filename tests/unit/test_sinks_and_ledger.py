@@ -89,15 +89,18 @@ def test_writer_buffers_refused_records_in_order_and_counts_drops(tmp_path):
 
 def test_ledger_roundtrip_and_corrupt_file_kept(tmp_path):
     ledger = Ledger(tmp_path)
-    totals, note = ledger.load()
+    loaded = ledger.load()
+    totals, note = loaded.totals, loaded.note
     assert totals.seq == 0 and "no state file" in note
     totals.seq = 7
     totals.energy_j["cpu"] = 12.5
     ledger.save(totals)
-    again, note = Ledger(tmp_path).load()
+    loaded = Ledger(tmp_path).load()
+    again, note = loaded.totals, loaded.note
     assert again.seq == 7 and again.energy_j["cpu"] == 12.5 and "continue" in note
     (tmp_path / STATE_FILE).write_text('{"version": 1, "totals": {"seq": 3, "energy_j": {')  # truncated
-    fresh, note = Ledger(tmp_path).load()
+    loaded = Ledger(tmp_path).load()
+    fresh, note = loaded.totals, loaded.note
     assert fresh.seq == 0 and "damaged" in note and "start at zero" in note
     kept = [p for p in tmp_path.iterdir() if p.name.startswith(f"{STATE_FILE}.corrupt-")]
     assert len(kept) == 1 and kept[0].read_text().startswith('{"version": 1')
@@ -107,5 +110,6 @@ def test_ledger_roundtrip_and_corrupt_file_kept(tmp_path):
 def test_ledger_rejects_negative_totals(tmp_path):
     (tmp_path / STATE_FILE).write_text(json.dumps(
         {"version": 1, "totals": {"seq": 2, "energy_j": {"cpu": -1}, "emissions_g": {}}}))
-    totals, note = Ledger(tmp_path).load()
+    loaded = Ledger(tmp_path).load()
+    totals, note = loaded.totals, loaded.note
     assert totals.seq == 0 and "energy_j.cpu must be a finite non-negative number" in note

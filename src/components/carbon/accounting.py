@@ -1,14 +1,16 @@
-"""Interval accounting: energy readings + elapsed time + intensity -> one record."""
+"""Interval accounting: energy readings + CPU time + elapsed time + intensity -> one complete record."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from src.components.carbon import attribution
 from src.components.carbon.record import (
     COMPONENTS,
     JOULES_PER_KWH,
     MEASURED_METHODS,
+    CpuTimeDelta,
     EmissionsRecord,
     Intensity,
     IntervalEnergy,
@@ -33,8 +35,9 @@ class Identity:
 class Accountant:
     """Owns the running totals; each call adds exactly one interval to them."""
 
-    def __init__(self, totals: Totals) -> None:
+    def __init__(self, totals: Totals, top_n: int = attribution.DEFAULT_TOP_N) -> None:
         self.totals = totals
+        self.top_n = top_n
 
     def account(
         self,
@@ -45,8 +48,9 @@ class Accountant:
         intensity: Intensity,
         identity: Identity,
         final: bool = False,
+        cpu_time: CpuTimeDelta | None = None,
     ) -> EmissionsRecord:
-        """Build the record for one interval.
+        """Build the record for one interval, per-unit split included when ``cpu_time`` is given.
 
         ``elapsed_s`` is monotonic time: average power must not jump when the
         wall clock is stepped. The wall clock (``end_wall``) only labels the interval.
@@ -55,6 +59,15 @@ class Accountant:
         methods = {c: energy.components[c].method for c in COMPONENTS if c in energy.components}
         power_w = {c: (j / elapsed_s if elapsed_s > 0 else 0.0) for c, j in energy_j.items()}
         emissions_g = {c: j / JOULES_PER_KWH * intensity.grams_per_kwh for c, j in energy_j.items()}
+        units: dict[str, dict[str, float]] = {}
+        split: dict[str, str] = {}
+        if cpu_time is not None:
+            shares = attribution.attribute(
+                cpu_time, cpu_j=energy_j["cpu"], total_j=sum(energy_j.values()),
+                cpu_g=emissions_g["cpu"], total_g=sum(emissions_g.values()), top_n=self.top_n,
+            )
+            units = {k: v.as_dict() for k, v in shares.items()}
+            split = {**attribution.METHOD, "cgroup": cpu_time.cgroup}
         totals = self.totals
         totals.seq += 1
         for c in COMPONENTS:
@@ -79,4 +92,6 @@ class Accountant:
             final=final,
             devices_j=dict(energy.devices),
             energy_assumptions=dict(energy.assumptions),
+            units=units,
+            attribution=split,
         )

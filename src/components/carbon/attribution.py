@@ -26,14 +26,27 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
-from src.components.carbon.sources.cgroups import CpuTimeDelta
+from src.components.carbon.record import CpuTimeDelta
 
 UNATTRIBUTED = "unattributed"
 OTHER = "other"
 RESERVED = frozenset({UNATTRIBUTED, OTHER})
 DEFAULT_TOP_N = 20
 METHOD = {"cpu": "cpu_time_share", "ram": UNATTRIBUTED, "gpu": UNATTRIBUTED}
+
+
+@dataclass(frozen=True, slots=True)
+class AttributionSettings:
+    """Which cgroups are units (read by ``sources.cgroups``) and how many keep their name."""
+
+    enabled: bool = True
+    cgroup_root: Path = Path("/sys/fs/cgroup")
+    proc_root: Path = Path("/proc")
+    include: tuple[str, ...] = ("system.slice/*.service",)
+    exclude: tuple[str, ...] = ()
+    top_n: int = DEFAULT_TOP_N
 
 
 def split_exact(total: float, portion: float, weights: Mapping[str, int], denominator: int) -> tuple[dict[str, float], float]:

@@ -1,12 +1,44 @@
-"""One health snapshot, shared by /metrics, /healthz, `tta-carbon check` and the guide's script."""
+"""One health snapshot, shared by /metrics, /healthz, STATUS=, `tta-carbon check` and the guide's script.
+
+The snapshot is computed (:func:`build_health`) from what the daemon knows — its
+identity, the source's state, the measurement stats, the totals, the sinks' stats —
+and the policy (:func:`is_healthy`, :func:`stale_after_s`) lives here too, once.
+"""
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from src.components.carbon.outcome import MeasurementStats, SinkStats
+from src.components.carbon.record import Intensity, Totals, format_methods
 
-@dataclass(slots=True)
+# A measurement older than this many intervals is stale: /healthz, the health check and
+# the CarbonMeasurementsStale alert (deploy/prometheus/rules) all use 3.
+STALE_AFTER_INTERVALS = 3
+
+
+def stale_after_s(interval_s: float) -> float:
+    return STALE_AFTER_INTERVALS * interval_s
+
+
+@dataclass(frozen=True, slots=True)
+class DaemonInfo:
+    version: str
+    project: str
+    env: str
+    interval_s: float
+    started_at: float  # wall clock, epoch seconds
+
+
+@dataclass(frozen=True, slots=True)
+class SourceStatus:
+    name: str = ""
+    available: bool = False
+    error: str = ""  # why it is unavailable
+
+
+@dataclass(frozen=True, slots=True)
 class HealthSnapshot:
     version: str
     project: str
@@ -42,9 +74,50 @@ class HealthSnapshot:
 
     def status_line(self) -> str:
         """The one-line systemd STATUS= summary."""
-        method = ",".join(f"{k}={v}" for k, v in sorted(self.energy_method.items())) or "none"
         return (
             f"power {self.last_power_w:.1f} W, total {self.total_emissions_g:.3f} gCO2eq "
-            f"({self.seq} records), method {method}, "
+            f"({self.seq} records), method {format_methods(self.energy_method)}, "
             f"errors: {self.measurement_errors} measure / {self.write_errors} write"
         )
+
+
+def build_health(
+    info: DaemonInfo,
+    source: SourceStatus,
+    stats: MeasurementStats,
+    totals: Totals,
+    sinks: SinkStats,
+    intensity: Intensity,
+    intensity_error: str = "",
+    output_bytes: int = 0,
+    log_file_bytes: int = 0,
+) -> HealthSnapshot:
+    last = stats.last_record
+    return HealthSnapshot(
+        version=info.version, project=info.project, env=info.env, interval_s=info.interval_s,
+        started_at=info.started_at,
+        tracker_available=source.available, tracker_error=source.error, energy_source=source.name,
+        energy_method=dict(last.energy_method) if last else {},
+        estimated=last.estimated if last else True,
+        intensity_g_per_kwh=intensity.grams_per_kwh, intensity_source=intensity.source,
+        intensity_error=intensity_error,
+        last_success_at=stats.last_success_at, measurements=stats.measurements,
+        measurement_errors=stats.errors, last_measurement_error=stats.last_error,
+        records_written=sinks.written, write_errors=sinks.write_errors, records_dropped=sinks.dropped,
+        records_pending=sinks.pending, last_write_error=sinks.last_error,
+        output_bytes=output_bytes, log_file_bytes=log_file_bytes,
+        last_power_w=sum(last.power_w.values()) if last else 0.0,
+        total_emissions_g=sum(totals.emissions_g.values()), total_energy_j=sum(totals.energy_j.values()),
+        seq=totals.seq,
+    )
+
+
+def is_healthy(h: HealthSnapshot, now: float) -> bool:
+    """Healthy: the source works, nothing waits for the disk, and a measurement is fresh (or none is due yet).
+
+    A write that failed earlier but has since been retried successfully does not count
+    (``write_errors`` keeps it as a counter, for the record).
+    """
+    fresh = h.last_success_at > 0 and now - h.last_success_at < stale_after_s(h.interval_s)
+    return (h.tracker_available and not h.last_write_error and h.records_pending == 0
+            and (fresh or h.measurements == 0))

@@ -26,18 +26,15 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
+
+from pydantic import SecretStr
 
 from src.components.carbon.record import Intensity
 from src.components.carbon.reference_data import energy_mix
-
-if TYPE_CHECKING:
-    from pydantic import SecretStr
-
-    from src.orchestration import TTAConfig
 
 MAX_G_PER_KWH = 3000.0
 DEFAULT_ELECTRICITYMAPS_URL = "https://api.electricitymap.org/v3/carbon-intensity/latest"
@@ -218,7 +215,6 @@ class ElectricityMapsProvider:
         # (value, fetched_at wall time, last fetch ok); replaced whole, so readers need no lock
         self._state: tuple[float | None, float, bool] = (None, 0.0, False)
         self.last_error = ""
-        self.fetches = 0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -245,7 +241,6 @@ class ElectricityMapsProvider:
 
     def fetch_once(self) -> bool:
         """One request; updates the cached state. Returns whether it succeeded. Never raises."""
-        self.fetches += 1
         try:
             value = self._request()
         except Exception as exc:  # any failure falls back; the daemon never dies of it
@@ -364,34 +359,50 @@ class IntensityChain:
             self.online.close()
 
 
-def build_chain(config: TTAConfig, reuse: IntensityChain | None = None) -> IntensityChain:
-    """The chain for ``config``. An online provider with unchanged settings is taken over from
+@dataclass(frozen=True, slots=True)
+class OnlineSettings:
+    """Electricity Maps: where to ask and how often. Present only when not offline."""
+
+    token: SecretStr
+    zone: str
+    url: str = DEFAULT_ELECTRICITYMAPS_URL
+    refresh_s: float = 900.0
+    timeout_s: float = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class IntensitySettings:
+    """What the chain is built from (docs/intensity.md); ``profile`` is already parsed."""
+
+    country_iso_code: str
+    region: str | None = None
+    fixed_g_per_kwh: float | None = None
+    profile: ProfileProvider | None = None
+    online: OnlineSettings | None = None
+
+    @property
+    def location(self) -> str:
+        return f"{self.country_iso_code}/{self.region}" if self.region else self.country_iso_code
+
+
+def build_chain(settings: IntensitySettings, reuse: IntensityChain | None = None) -> IntensityChain:
+    """The chain for ``settings``. An online provider with unchanged settings is taken over from
     ``reuse`` (keeping its cache and thread); the caller closes ``reuse`` only if it is not."""
-    location = f"{config.country_iso_code}/{config.region}" if config.region else config.country_iso_code
-    if config.intensity_g_per_kwh is not None:
-        return IntensityChain([FixedProvider(float(config.intensity_g_per_kwh), location)])
+    location = settings.location
+    if settings.fixed_g_per_kwh is not None:
+        return IntensityChain([FixedProvider(float(settings.fixed_g_per_kwh), location)])
     providers: list[IntensityProvider] = []
-    profile = None
-    if config.intensity_profile_file is not None:
-        profile = ProfileProvider.load(config.intensity_profile_file, location)
+    profile = settings.profile
+    if profile is not None:
+        profile = replace(profile, location=location)
         providers.append(profile)
-    if not config.offline and config.electricitymaps_token is not None and not (profile and profile.covers_all_times):
-        zone = config.electricitymaps_zone or default_zone(config.country_iso_code)
-        if zone:  # TTAConfig guarantees one
-            online = ElectricityMapsProvider(
-                config.electricitymaps_token, zone, config.electricitymaps_url,
-                refresh_s=config.electricitymaps_refresh_interval, timeout_s=config.electricitymaps_timeout,
-                retry_s=min(60.0, config.electricitymaps_refresh_interval),
-            )
-            old = reuse.online if reuse is not None else None
-            providers.append(old if old is not None and old.settings_key == online.settings_key else online)
-    providers.append(CountryMixProvider.for_country(config.country_iso_code, location))
+    online = settings.online
+    if online is not None and not (profile and profile.covers_all_times):
+        fresh = ElectricityMapsProvider(
+            online.token, online.zone, online.url, refresh_s=online.refresh_s, timeout_s=online.timeout_s,
+            retry_s=min(60.0, online.refresh_s),
+        )
+        old = reuse.online if reuse is not None else None
+        providers.append(old if old is not None and old.settings_key == fresh.settings_key else fresh)
+    providers.append(CountryMixProvider.for_country(settings.country_iso_code, location))
     return IntensityChain(providers)
-
-
-def resolve_intensity(fixed_g_per_kwh: float | None, country_iso_code: str, region: str | None) -> Intensity:
-    """The offline answer: a fixed override, else the bundled country mix."""
-    location = f"{country_iso_code}/{region}" if region else country_iso_code
-    if fixed_g_per_kwh is not None:
-        return FixedProvider(float(fixed_g_per_kwh), location).current(0.0)
-    return CountryMixProvider.for_country(country_iso_code, location).current(0.0)

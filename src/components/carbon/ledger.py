@@ -5,12 +5,59 @@ from __future__ import annotations
 import json
 import os
 import time
+from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
 
+from src.components.carbon import ndjson_files
 from src.components.carbon.record import Totals
 
 STATE_FILE = "carbon_state.json"
 STATE_VERSION = 1
+
+
+class LedgerOrigin(Enum):
+    """Where the totals at start-up came from."""
+
+    FRESH = "fresh"  # no state file: zero
+    STATE = "state"  # the state file
+    RECORD_AHEAD = "record_ahead"  # the newest record, one ahead of the state file (killed between the two)
+    REBUILT = "rebuilt"  # state file damaged: the record with the highest seq
+    ZERO_AFTER_DAMAGE = "zero_after_damage"  # state file damaged and no readable record
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerLoad:
+    totals: Totals
+    origin: LedgerOrigin
+    where: str  # the file the totals came from ("" for FRESH and ZERO_AFTER_DAMAGE)
+    damage: str = ""  # "state file X is damaged (why); kept as Y" when the state file was unreadable
+
+    @property
+    def damaged(self) -> bool:
+        return bool(self.damage)
+
+    @property
+    def note(self) -> str:
+        """One line for the start-up log."""
+        seq = self.totals.seq
+        match self.origin:
+            case LedgerOrigin.FRESH:
+                return "no state file; totals start at zero"
+            case LedgerOrigin.STATE:
+                return f"totals continue from {self.where} (seq {seq})"
+            case LedgerOrigin.RECORD_AHEAD:
+                return f"totals continue from {self.where} (seq {seq}; state file was one record behind)"
+            case LedgerOrigin.REBUILT:
+                return f"{self.damage}; totals rebuilt from the record with the highest seq ({seq}, {self.where})"
+            case LedgerOrigin.ZERO_AFTER_DAMAGE:
+                return f"{self.damage}; no readable records; totals start at zero"
+
+
+@dataclass(frozen=True, slots=True)
+class SaveStats:
+    errors: int = 0
+    last_error: str = ""  # "" once a save succeeds again
 
 
 class Ledger:
@@ -20,16 +67,17 @@ class Ledger:
         # rebuilt instead of restarting from zero, and a record whose state save was cut
         # short by a crash is not counted twice.
         self.records_dir = records_dir
+        self.stats = SaveStats()
 
-    def load(self) -> tuple[Totals, str]:
-        """Return saved totals and a one-line account of where they came from.
+    def load(self) -> LedgerLoad:
+        """Saved totals and where they came from.
 
         A damaged file is kept aside (never deleted) so an operator can inspect it.
         """
         try:
             raw = self.path.read_bytes()
         except FileNotFoundError:
-            return Totals(), "no state file; totals start at zero"
+            return LedgerLoad(Totals(), LedgerOrigin.FRESH, "")
         try:
             data = json.loads(raw)
             if data.get("version") != STATE_VERSION:
@@ -38,12 +86,12 @@ class Ledger:
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             kept = self.path.with_name(f"{STATE_FILE}.corrupt-{int(time.time())}")
             os.replace(self.path, kept)
-            damaged = f"state file {self.path} is damaged ({exc}); kept as {kept.name}"
+            damage = f"state file {self.path} is damaged ({exc}); kept as {kept.name}"
             found = self._latest_record(all_files=True)
             if found is None:
-                return Totals(), f"{damaged}; no readable records; totals start at zero"
+                return LedgerLoad(Totals(), LedgerOrigin.ZERO_AFTER_DAMAGE, "", damage)
             rebuilt, where = found
-            return rebuilt, f"{damaged}; totals rebuilt from the record with the highest seq ({rebuilt.seq}, {where})"
+            return LedgerLoad(rebuilt, LedgerOrigin.REBUILT, where, damage)
         found = self._latest_record(all_files=False)
         if found is not None:
             newer, where = found
@@ -51,25 +99,25 @@ class Ledger:
             if newer.seq == totals.seq + 1 and all(
                 newer.energy_j[c] >= totals.energy_j[c] for c in totals.energy_j
             ):
-                return newer, f"totals continue from {where} (seq {newer.seq}; state file was one record behind)"
-        return totals, f"totals continue from {self.path} (seq {totals.seq})"
+                return LedgerLoad(newer, LedgerOrigin.RECORD_AHEAD, where)
+        return LedgerLoad(totals, LedgerOrigin.STATE, str(self.path))
 
     def _latest_record(self, *, all_files: bool) -> tuple[Totals, str] | None:
-        """Cumulative totals of the record with the highest seq (the newest file only, or all)."""
+        """Cumulative totals of the record with the highest seq (the newest live file only, or all)."""
         if self.records_dir is None:
             return None
-        from src.components.carbon.report import iter_files, read_lines
-
         try:
-            files = iter_files(self.records_dir)
+            if all_files:
+                files = ndjson_files.list_files(self.records_dir)
+            else:
+                newest = ndjson_files.newest_live_file(self.records_dir)
+                files = [newest] if newest is not None else []
         except OSError:
             return None
-        if not all_files:
-            files = [p for p in files if p.name.endswith(".json")][-1:]
         best: tuple[Totals, str] | None = None
         for path in files:
             try:
-                lines = read_lines(path)
+                lines = ndjson_files.read_lines(path)
             except (OSError, EOFError):
                 continue
             for raw in lines:
@@ -84,8 +132,21 @@ class Ledger:
                     best = totals, path.name
         return best
 
-    def save(self, totals: Totals) -> None:
-        """temp + fsync + rename: a crash leaves either the old or the new file, never half of one."""
+    def save(self, totals: Totals) -> bool:
+        """temp + fsync + rename: a crash leaves either the old or the new file, never half of one.
+
+        Returns whether it worked; a failure is counted in ``stats`` (the records still have the totals).
+        """
+        try:
+            self._write(totals)
+        except OSError as exc:
+            self.stats = SaveStats(self.stats.errors + 1, f"state file {self.path}: {exc.strerror}")
+            return False
+        if self.stats.last_error:
+            self.stats = SaveStats(self.stats.errors, "")
+        return True
+
+    def _write(self, totals: Totals) -> None:
         tmp = self.path.with_name(f".{STATE_FILE}.{os.getpid()}.tmp")
         payload = json.dumps({"version": STATE_VERSION, "totals": totals.to_dict()}, separators=(",", ":")).encode()
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)

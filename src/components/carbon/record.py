@@ -7,6 +7,7 @@ about any source or sink.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,6 +28,30 @@ class IntervalEnergy:
     components: dict[str, ComponentEnergy]  # keys: "cpu", "ram", "gpu"
     devices: dict[str, float] = field(default_factory=dict)  # per-device joules
     assumptions: dict[str, str] = field(default_factory=dict)  # per component: what an estimate assumed
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceInfo:
+    """One device a source measures. ``key`` is its key in ``IntervalEnergy.devices``."""
+
+    key: str  # "gpu0", "package-0", "package-0/dram"
+    kind: str  # "gpu", "package", "dram"
+    index: int  # NVML index for a GPU; package (or zone) number for RAPL
+    name: str  # product name for a GPU; zone name for RAPL
+
+
+@dataclass(frozen=True, slots=True)
+class CpuTimeDelta:
+    """CPU time used in one interval: per unit and by the whole host (all CPUs, idle included)."""
+
+    units_ns: dict[str, int]
+    host_ns: int
+    cgroup: str  # "v1" or "v2"
+
+
+def format_methods(methods: Mapping[str, str], sep: str = ",", empty: str = "none") -> str:
+    """``cpu=rapl,ram=constant``: the one rendering of a record's energy_method (STATUS=, build_info, check)."""
+    return sep.join(f"{k}={v}" for k, v in sorted(methods.items())) or empty
 
 
 class SourceUnavailable(Exception):
@@ -57,13 +82,13 @@ class Totals:
         if not isinstance(seq, int) or seq < 0:
             raise ValueError(f"seq must be a non-negative integer, got {seq!r}")
         totals = cls(seq=seq)
-        for name in ("energy_j", "emissions_g"):
+        for name, target in (("energy_j", totals.energy_j), ("emissions_g", totals.emissions_g)):
             values = data[name]
             for comp in COMPONENTS:
                 value = float(values.get(comp, 0.0))
                 if not value >= 0.0 or value == float("inf"):
                     raise ValueError(f"{name}.{comp} must be a finite non-negative number, got {value!r}")
-                getattr(totals, name)[comp] = value
+                target[comp] = value
         return totals
 
 

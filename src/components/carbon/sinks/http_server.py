@@ -16,7 +16,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from src.components.carbon.sinks.web_config import BasicAuth
+from src.components.carbon.sinks.web_config import BasicAuth, WebConfig
 
 MAX_CONNECTIONS = 256
 MAX_HEADER_BYTES = 8192
@@ -31,6 +31,13 @@ _INDEX = (
     b"<html><head><title>tta-staging-carbon</title></head><body><h1>tta-staging-carbon</h1>"
     b'<p><a href="/metrics">Metrics</a> &middot; <a href="/healthz">Health</a></p></body></html>\n'
 )
+
+
+@dataclass(frozen=True, slots=True)
+class HttpSettings:
+    address: str = "127.0.0.1"
+    port: int = 9880
+    web: WebConfig = WebConfig()  # TLS and basic auth (docs/security.md); empty: plain HTTP, no auth
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""NDJSON emissions files: ``emissions_YYYY-MM-DD.json``, one whole record per line."""
+"""The NDJSON sink: appends each record as one whole line to its day's file (``ndjson_files`` names it)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
+from src.components.carbon.ndjson_files import file_name
 from src.components.carbon.record import EmissionsRecord
 
 FILE_MODE = 0o644
@@ -16,16 +17,11 @@ FILE_MODE = 0o644
 MAX_PENDING = 57_600
 
 
-def file_name_for(record: EmissionsRecord) -> str:
-    return f"emissions_{record.interval_end[:10]}.json"
-
-
 @dataclass
 class WriteStats:
     written: int = 0
     write_errors: int = 0
     dropped: int = 0
-    torn_tails_repaired: int = 0
     last_error: str = ""
 
 
@@ -47,7 +43,7 @@ class NdjsonSink:
     def write(self, record: EmissionsRecord) -> bool:
         """Queue the record and flush the queue in order; False if anything is still queued."""
         line = json.dumps(record.to_json_dict(), separators=(",", ":"), allow_nan=False) + "\n"
-        self._pending.append((file_name_for(record), line.encode()))
+        self._pending.append((file_name(record.interval_end[:10]), line.encode()))
         if self.flush():
             return True
         while len(self._pending) > self._max_pending:
@@ -124,7 +120,6 @@ class NdjsonSink:
                 break
             end = start
         os.ftruncate(fd, keep)
-        self.stats.torn_tails_repaired += 1
 
     def _still_linked(self, path: Path) -> bool:
         # logrotate renames the file: keep writing to the old inode and records vanish into the archive.

@@ -6,19 +6,17 @@ Values come from the same record and totals that were written to NDJSON, so
 
 from __future__ import annotations
 
-import re
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from src.components.carbon.health import HealthSnapshot
-from src.components.carbon.record import COMPONENTS, EmissionsRecord, Totals
+from src.components.carbon.record import COMPONENTS, DeviceInfo, EmissionsRecord, Totals, format_methods
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-_GPU_DEVICE = re.compile(r"gpu(\d+)")  # device keys of the NVML source: gpu0, gpu1, ...
 
 
 class _SnapshotCollector(Collector):
@@ -29,6 +27,7 @@ class _SnapshotCollector(Collector):
         # Per-unit totals since this process started (docs/attribution.md): unit -> [joules, grams].
         self.unit_totals: dict[str, list[float]] = {}
         # Per GPU (NVML index as a string): product name, last interval's watts, joules since start.
+        self.gpu_keys: dict[str, str] = {}  # device key (record's devices_j) -> GPU index label
         self.gpu_names: dict[str, str] = {}
         self.gpu_power_w: dict[str, float] = {}
         self.gpu_energy_j: dict[str, float] = {}
@@ -135,7 +134,7 @@ class _SnapshotCollector(Collector):
         yield GaugeMetricFamily(
             "tta_carbon_up_since_timestamp_seconds", "Unix time the daemon started.", value=h.started_at
         )
-        method = ",".join(f"{k}={v}" for k, v in sorted(h.energy_method.items())) or "none"
+        method = format_methods(h.energy_method)
         info = GaugeMetricFamily(
             "tta_carbon_build_info", "Version and how figures are obtained; value is always 1.",
             labels=["version", "energy_source", "energy_method", "intensity_source", "project", "env"],
@@ -167,21 +166,18 @@ class PrometheusSink:
                 self._note_gpus(record)
             self._page = generate_latest(self._registry)
 
-    @property
-    def gpu_names(self) -> dict[str, str]:
-        return self._collector.gpu_names
-
-    @gpu_names.setter
-    def gpu_names(self, names: dict[str, str]) -> None:
-        self._collector.gpu_names = dict(names)
+    def set_devices(self, devices: Iterable[DeviceInfo]) -> None:
+        """The source's devices: GPUs get their own power and energy series, labelled by index and name."""
+        gpus = [d for d in devices if d.kind == "gpu"]
+        self._collector.gpu_keys = {d.key: str(d.index) for d in gpus}
+        self._collector.gpu_names = {str(d.index): d.name for d in gpus}
 
     def _note_gpus(self, record: EmissionsRecord) -> None:
         c = self._collector
         c.gpu_power_w = {}
         for key, joules in record.devices_j.items():
-            match = _GPU_DEVICE.fullmatch(key)
-            if match:
-                g = match.group(1)
+            g = c.gpu_keys.get(key)
+            if g is not None:
                 c.gpu_energy_j[g] = c.gpu_energy_j.get(g, 0.0) + joules
                 c.gpu_power_w[g] = joules / record.duration_s if record.duration_s > 0 else 0.0
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import ssl
+import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,18 +30,19 @@ class WebConfig:
     cert_file: Path | None = None
     key_file: Path | None = None
     users: dict[str, bytes] = field(default_factory=dict)  # user -> bcrypt hash
+    # Built (and so checked) once by load_web_config; the server serves with this very context.
+    context: ssl.SSLContext | None = field(default=None, compare=False, repr=False)
 
     @property
     def tls(self) -> bool:
-        return self.cert_file is not None
+        return self.context is not None
 
-    def ssl_context(self) -> ssl.SSLContext | None:
-        if not self.tls:
-            return None
-        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        context.minimum_version = ssl.TLSVersion.TLSv1_2
-        context.load_cert_chain(str(self.cert_file), str(self.key_file))
-        return context
+
+def _server_context(cert: Path, key: Path) -> ssl.SSLContext:
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(str(cert), str(key))
+    return context
 
 
 def _shown(path: Path) -> str:
@@ -63,14 +65,14 @@ def load_web_config(path: Path) -> WebConfig:
     if unknown:
         raise ValueError(f"{name}: unsupported key {sorted(unknown)[0]!r} (supported: tls_server_config, "
                          "basic_auth_users)")
-    cert = key = None
+    cert = key = context = None
     tls = data.get("tls_server_config")
     if tls is not None:
         if not isinstance(tls, dict) or set(tls) - _KNOWN_TLS_KEYS or not _KNOWN_TLS_KEYS <= set(tls):
             raise ValueError(f"{name}: tls_server_config needs exactly cert_file and key_file")
         cert, key = Path(tls["cert_file"]), Path(tls["key_file"])
         try:
-            ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(str(cert), str(key))
+            context = _server_context(cert, key)
         except (OSError, ssl.SSLError) as exc:
             detail = " ".join(str(exc).split())
             raise ValueError(f"{name}: cannot load cert_file/key_file: {detail}") from None
@@ -82,32 +84,39 @@ def load_web_config(path: Path) -> WebConfig:
         if not isinstance(hashed, str) or not hashed.startswith(("$2a$", "$2b$", "$2y$")):
             raise ValueError(f"{name}: basic_auth_users.{user}: not a bcrypt hash (expected $2y$...)")
         users[str(user)] = hashed.encode()
-    return WebConfig(cert, key, users)
+    return WebConfig(cert, key, users, context)
 
 
 class BasicAuth:
-    """Checks Authorization headers; bcrypt is slow on purpose, so verdicts are cached by digest."""
+    """Checks Authorization headers; bcrypt is slow on purpose, so verdicts are cached by digest.
+
+    ``cached`` runs on the event loop and ``check`` on worker threads (asyncio.to_thread),
+    so the cache is only touched under ``_lock``; bcrypt itself runs outside it.
+    """
 
     def __init__(self, users: dict[str, bytes], cache_size: int = 256) -> None:
         self._users = users
         self._cache: OrderedDict[bytes, bool] = OrderedDict()
         self._cache_size = cache_size
+        self._lock = threading.Lock()
 
     def cached(self, header: bytes | None) -> bool | None:
         """The verdict without any bcrypt work, or None when it needs checking."""
         if header is None or not header.lower().startswith(b"basic "):
             return False
         key = hashlib.sha256(header).digest()
-        if key in self._cache:
-            self._cache.move_to_end(key)
-            return self._cache[key]
-        return None
+        with self._lock:
+            verdict = self._cache.get(key)
+            if verdict is not None:
+                self._cache.move_to_end(key)
+            return verdict
 
     def check(self, header: bytes) -> bool:
         verdict = self._verify(header[6:].strip())
-        self._cache[hashlib.sha256(header).digest()] = verdict
-        if len(self._cache) > self._cache_size:
-            self._cache.popitem(last=False)
+        with self._lock:
+            self._cache[hashlib.sha256(header).digest()] = verdict
+            if len(self._cache) > self._cache_size:
+                self._cache.popitem(last=False)
         return verdict
 
     def _verify(self, token: bytes) -> bool:

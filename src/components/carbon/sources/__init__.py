@@ -1,10 +1,16 @@
-"""Energy sources. Each yields IntervalEnergy and knows nothing of accounting or sinks."""
+"""Energy sources. Each yields IntervalEnergy and knows nothing of accounting or sinks.
+
+A new source (a platform meter, say) implements :class:`EnergySource` in full and
+plugs into ``select.py``; nothing else needs to know it exists.
+"""
 
 from __future__ import annotations
 
 from typing import Protocol
 
-from src.components.carbon.record import IntervalEnergy
+from src.components.carbon.record import DeviceInfo, IntervalEnergy
+
+__all__ = ["DeviceInfo", "EnergySource", "ReadAtIntervalEnd"]
 
 
 class EnergySource(Protocol):
@@ -13,8 +19,31 @@ class EnergySource(Protocol):
     def open(self) -> None:
         """Start counting; raise SourceUnavailable with a one-line reason if impossible."""
 
+    def sample(self) -> None:
+        """Fold readings into the current interval without ending it. A no-op for sources
+        that need no sampling between intervals (``max_sample_interval_s`` is None)."""
+
+    @property
+    def max_sample_interval_s(self) -> float | None:
+        """The longest gap allowed between two reads (counter wrap, power sampling); None: no limit."""
+
+    @property
+    def devices(self) -> tuple[DeviceInfo, ...]:
+        """The devices measured, in a stable order; their keys are ``IntervalEnergy.devices``' keys."""
+
     def read_interval(self) -> IntervalEnergy:
         """Energy since the previous call (or since open)."""
 
     def close(self) -> IntervalEnergy:
         """Energy since the last read (the tail), then release resources."""
+
+
+class ReadAtIntervalEnd:
+    """The trivial part of EnergySource, for sources that are read only when an interval ends
+    and list no devices (the CPU-load estimate, codecarbon's tracker)."""
+
+    max_sample_interval_s: float | None = None
+    devices: tuple[DeviceInfo, ...] = ()
+
+    def sample(self) -> None:
+        """Nothing to fold between intervals."""

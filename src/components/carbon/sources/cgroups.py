@@ -31,6 +31,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from src.components.carbon.record import CpuTimeDelta
+from src.components.carbon.sources.procstat import read_cpu_ticks
+
+__all__ = ["CgroupUnavailable", "CpuTimeDelta", "CpuTimeSampler", "Hierarchy", "detect", "host_cpu_ns", "list_units"]
+
 DEFAULT_INCLUDE: tuple[str, ...] = ("system.slice/*.service",)
 MAX_DEPTH = 6  # system.slice/a.slice/b.slice/...: deep enough for any sane layout, bounded walk
 V1_DIRS = ("cpuacct", "cpu,cpuacct", "cpuacct,cpu")
@@ -75,17 +80,8 @@ def read_usage_ns(cgroup_dir: Path, version: str) -> int:
 
 
 def host_cpu_ns(proc_root: Path = Path("/proc")) -> int:
-    """Total CPU time of all CPUs since boot, idle included, in nanoseconds, from /proc/stat.
-
-    user+nice+system+idle+iowait+irq+softirq+steal; guest time is already part of user/nice.
-    """
-    with open(proc_root / "stat", "rb") as fh:
-        first = fh.readline().split()
-    if not first or first[0] != b"cpu":
-        raise ValueError(f"{proc_root}/stat does not start with a cpu line")
-    ticks = sum(int(v) for v in first[1:9])
-    hz = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
-    return ticks * 1_000_000_000 // hz
+    """Total CPU time of all CPUs since boot, idle included, in nanoseconds (procstat parses the line)."""
+    return read_cpu_ticks(proc_root).total_ns
 
 
 def matches(rel: str, include: Sequence[str], exclude: Sequence[str]) -> bool:
@@ -133,15 +129,6 @@ def list_units(h: Hierarchy, include: Sequence[str], exclude: Sequence[str]) -> 
             elif depth + 1 < MAX_DEPTH:
                 stack.append((path, child_rel, depth + 1))
     return out
-
-
-@dataclass(frozen=True, slots=True)
-class CpuTimeDelta:
-    """CPU time used in one interval: per unit and by the whole host (all CPUs, idle included)."""
-
-    units_ns: dict[str, int]
-    host_ns: int
-    cgroup: str  # "v1" or "v2"
 
 
 @dataclass

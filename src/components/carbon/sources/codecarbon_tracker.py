@@ -18,6 +18,7 @@ import time
 from typing import Any
 
 from src.components.carbon.record import JOULES_PER_KWH, ComponentEnergy, IntervalEnergy, SourceUnavailable
+from src.components.carbon.sources import ReadAtIntervalEnd
 
 # Long enough that codecarbon's own scheduler never fires, short enough for threading.Timer.
 _PARKED_MEASURE_SECS = 10**8
@@ -60,7 +61,7 @@ class _DeltaCollector:
         return taken
 
 
-class CodecarbonSource:
+class CodecarbonSource(ReadAtIntervalEnd):
     name = "codecarbon"
 
     def __init__(

@@ -6,7 +6,7 @@ so a component present in two parts is a wiring bug and is refused.
 
 from __future__ import annotations
 
-from src.components.carbon.record import IntervalEnergy
+from src.components.carbon.record import DeviceInfo, IntervalEnergy
 from src.components.carbon.sources import EnergySource
 
 
@@ -60,21 +60,17 @@ class CompositeSource:
 
     def sample(self) -> None:
         for part in self.parts:
-            if hasattr(part, "sample"):
-                part.sample()
+            part.sample()
 
     @property
     def max_sample_interval_s(self) -> float | None:
-        limits = [getattr(p, "max_sample_interval_s", None) for p in self.parts]
+        limits = [p.max_sample_interval_s for p in self.parts]
         found = [x for x in limits if x is not None]
         return min(found) if found else None
 
     @property
-    def gpu_names(self) -> dict[str, str]:
-        names: dict[str, str] = {}
-        for part in self.parts:
-            names.update(getattr(part, "gpu_names", {}))
-        return names
+    def devices(self) -> tuple[DeviceInfo, ...]:
+        return tuple(d for part in self.parts for d in part.devices)
 
 
 def merge(*readings: IntervalEnergy) -> IntervalEnergy:

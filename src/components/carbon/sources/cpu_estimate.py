@@ -25,6 +25,8 @@ from pathlib import Path
 
 from src.components.carbon.record import ComponentEnergy, IntervalEnergy, SourceUnavailable
 from src.components.carbon.reference_data import codecarbon_data_file
+from src.components.carbon.sources import ReadAtIntervalEnd
+from src.components.carbon.sources.procstat import read_cpu_ticks
 
 DEFAULT_WATTS_PER_THREAD = 4.0  # codecarbon's fallback for CPUs missing from its table
 IDLE_FRACTION = 0.1
@@ -107,7 +109,7 @@ def ram_power(dimms: int) -> float:
     return max(2 * RAM_WATTS_PER_DIMM, watts)
 
 
-class CpuLoadTdpSource:
+class CpuLoadTdpSource(ReadAtIntervalEnd):
     name = "cpu_load_tdp"
 
     def __init__(
@@ -160,16 +162,12 @@ class CpuLoadTdpSource:
     def _read_stat(self) -> tuple[int, int]:
         """(busy, total) jiffies across all CPUs."""
         try:
-            with open(self._proc / "stat", "rb") as fh:
-                fields = fh.readline().split()
+            ticks = read_cpu_ticks(self._proc)
         except OSError as exc:
             raise SourceUnavailable(f"cannot read {self._proc / 'stat'}: {exc.strerror}") from None
-        if not fields or fields[0] != b"cpu":
-            raise SourceUnavailable(f"{self._proc / 'stat'}: unexpected first line")
-        values = [int(v) for v in fields[1:9]]  # user nice system idle iowait irq softirq steal
-        idle = values[3] + values[4]
-        total = sum(values)
-        return total - idle, total
+        except ValueError:
+            raise SourceUnavailable(f"{self._proc / 'stat'}: unexpected first line") from None
+        return ticks.busy, ticks.total
 
     def _interval(self) -> IntervalEnergy:
         if self._last is None:

@@ -27,10 +27,10 @@ from __future__ import annotations
 
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-from src.components.carbon.record import ComponentEnergy, IntervalEnergy, SourceUnavailable
+from src.components.carbon.record import ComponentEnergy, DeviceInfo, IntervalEnergy, SourceUnavailable
 
 METHOD_COUNTER = "nvml"
 METHOD_POWER = "nvml_power"
@@ -54,7 +54,6 @@ class _Gpu:
     last_w: float = 0.0  # power path: last sample
     last_t: float = 0.0  # power path: when it was taken (monotonic)
     pending_j: float = 0.0  # power path: integrated but not yet returned
-    samples: int = field(default=0)
 
 
 class NvmlSource:
@@ -112,9 +111,9 @@ class NvmlSource:
     # -- introspection ----------------------------------------------------------
 
     @property
-    def gpu_names(self) -> dict[str, str]:
-        """NVML index (as the metric label, "0") -> product name."""
-        return {str(g.index): g.name for g in self._require_open()}
+    def devices(self) -> tuple[DeviceInfo, ...]:
+        """One entry per GPU, in NVML index order: key ``gpu0``, kind ``gpu``, the product name."""
+        return tuple(DeviceInfo(g.key, "gpu", g.index, g.name) for g in self._require_open())
 
     @property
     def methods(self) -> dict[str, str]:
@@ -158,7 +157,6 @@ class NvmlSource:
                 watts = value / 1000.0
                 g.pending_j += (g.last_w + watts) / 2.0 * max(0.0, t - g.last_t)
                 g.last_w, g.last_t = watts, t
-                g.samples += 1
 
     def _drain_locked(self) -> IntervalEnergy:
         gpus = self._require_open()
@@ -230,7 +228,6 @@ def _open_gpu(nvml: Any, index: int) -> _Gpu:
         gpu.method = METHOD_POWER
         gpu.last_w = nvml.nvmlDeviceGetPowerUsage(handle) / 1000.0
         gpu.last_t = time.monotonic()
-        gpu.samples = 1
     return gpu
 
 

@@ -34,7 +34,7 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from src.components.carbon.record import ComponentEnergy, IntervalEnergy, SourceUnavailable
+from src.components.carbon.record import ComponentEnergy, DeviceInfo, IntervalEnergy, SourceUnavailable
 
 DEFAULT_ROOT = Path("/sys/class/powercap")
 CONTROL_TYPE = "intel-rapl"
@@ -62,6 +62,7 @@ class _Zone:
     component: str  # "cpu" or "ram"
     energy_path: Path
     period_uj: int  # max_energy_range_uj + 1
+    device: DeviceInfo
     last_uj: int = 0
     pending_uj: int = 0  # sampled but not yet returned by read_interval
 
@@ -115,9 +116,9 @@ class RaplSource:
     # -- introspection ----------------------------------------------------------
 
     @property
-    def devices(self) -> tuple[str, ...]:
-        """Device keys measured, in discovery order ("package-0", "package-0/dram", ...)."""
-        return tuple(z.key for z in self._require_open())
+    def devices(self) -> tuple[DeviceInfo, ...]:
+        """Zones measured, in discovery order (keys "package-0", "package-0/dram", ...)."""
+        return tuple(z.device for z in self._require_open())
 
     @property
     def max_sample_interval_s(self) -> float:
@@ -179,14 +180,15 @@ def _discover(root: Path) -> list[_Zone]:
     try:
         for top in _numbered(control, _TOP):
             name = _read_text(top / "name")
+            number = int(_TOP.fullmatch(top.name).group(1))  # type: ignore[union-attr]  (_numbered matched it)
             if name.startswith("package-"):
-                zones.append(_make_zone(name, "cpu", top))
+                zones.append(_make_zone(DeviceInfo(name, "package", number, name), "cpu", top))
                 for sub in _numbered(top, _SUB):
                     # core/uncore are inside the package: skipping them avoids double counting.
                     if _read_text(sub / "name") == "dram":
-                        zones.append(_make_zone(f"{name}/dram", "ram", sub))
+                        zones.append(_make_zone(DeviceInfo(f"{name}/dram", "dram", number, "dram"), "ram", sub))
             elif name == "dram":
-                zones.append(_make_zone(name, "ram", top))
+                zones.append(_make_zone(DeviceInfo(name, "dram", number, name), "ram", top))
             # psys and anything unknown: not added (psys contains the packages).
     except PermissionError as exc:
         raise SourceUnavailable(
@@ -202,11 +204,12 @@ def _discover(root: Path) -> list[_Zone]:
     return zones
 
 
-def _make_zone(key: str, component: str, path: Path) -> _Zone:
+def _make_zone(device: DeviceInfo, component: str, path: Path) -> _Zone:
     max_range = _read_int(path / "max_energy_range_uj")
     if max_range <= 0:
         raise ValueError(f"{path / 'max_energy_range_uj'} is {max_range}, expected > 0")
-    zone = _Zone(key=key, component=component, energy_path=path / "energy_uj", period_uj=max_range + 1)
+    zone = _Zone(key=device.key, component=component, energy_path=path / "energy_uj", period_uj=max_range + 1,
+                 device=device)
     # Reading now proves the counter is readable and sets the baseline.
     zone.last_uj = _read_int(zone.energy_path)
     _check_range(zone, zone.last_uj)

@@ -19,17 +19,13 @@ import stat
 import sys
 import tarfile
 import tempfile
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
-from typing import Any
 
-# Exactly the names `tta-carbon report` reads.
-from src.components.carbon.report import _FILE as EMISSIONS_FILE
+from src.components.carbon import ndjson_files
+from src.service.exit_codes import EX_FAILURE, EX_OK
 
-_DATE = slice(len("emissions_"), len("emissions_YYYY-MM-DD"))
-_LIVE_NAME_LEN = len("emissions_YYYY-MM-DD.json")
 _AGE = re.compile(r"^([0-9]+)([dw])$")
 
 
@@ -69,7 +65,7 @@ def make_plan(directory: Path, older_than: timedelta, now: datetime | None = Non
     plan = Plan(directory, cutoff, [], [])
     with os.scandir(directory) as entries:
         for entry in entries:
-            if not EMISSIONS_FILE.match(entry.name):
+            if not ndjson_files.is_records_file(entry.name):  # exactly the names `report` reads
                 continue
             if entry.is_symlink():
                 plan.skipped.append(f"{entry.name}: symbolic link, never followed")
@@ -78,13 +74,12 @@ def make_plan(directory: Path, older_than: timedelta, now: datetime | None = Non
             if not stat.S_ISREG(st.st_mode):
                 plan.skipped.append(f"{entry.name}: not a regular file")
                 continue
-            try:
-                day = date.fromisoformat(entry.name[_DATE])
-            except ValueError:
+            day = ndjson_files.day_of(entry.name)
+            if day is None:
                 plan.skipped.append(f"{entry.name}: no valid date in the name")
                 continue
             newest_record = datetime.combine(day + timedelta(days=1), time(0), UTC)
-            rotated = len(entry.name) > _LIVE_NAME_LEN
+            rotated = not ndjson_files.is_live(entry.name)
             if newest_record <= cutoff and (not rotated or st.st_mtime <= cutoff.timestamp()):
                 plan.delete.append(Candidate(entry.name, day, st.st_size, st.st_ino))
     plan.delete.sort(key=lambda c: (c.day, c.name))
@@ -127,7 +122,7 @@ def apply_plan(plan: Plan, archive: Path | None) -> int:
                 write_archive(dir_fd, plan, archive)
             except OSError as exc:
                 _error(f"cannot archive to {archive}: {exc.strerror or exc}; nothing deleted")
-                return 1
+                return EX_FAILURE
             print(f"archived {len(plan.delete)} file(s) to {archive}")
         failed = 0
         for c in plan.delete:
@@ -141,7 +136,7 @@ def apply_plan(plan: Plan, archive: Path | None) -> int:
             except OSError as exc:
                 failed += 1
                 _error(f"cannot delete {c.name}: {exc.strerror}")
-        return 1 if failed else 0
+        return EX_FAILURE if failed else EX_OK
     finally:
         os.close(dir_fd)
 
@@ -151,13 +146,13 @@ def run_prune(directory: Path, older_than: timedelta, *, apply: bool, archive: P
     label = f"{older_than.days}d"
     if not directory.is_dir():
         _error(f"output directory {directory} does not exist or is not a directory")
-        return 1
+        return EX_FAILURE
     if archive is not None and not archive.name.endswith((".tar.gz", ".tgz")):
         _error(f"--archive {archive}: the name must end in .tar.gz")
-        return 1
+        return EX_FAILURE
     if archive is not None and (archive.exists() or archive.is_symlink()):
         _error(f"--archive {archive} already exists; not overwriting it")
-        return 1
+        return EX_FAILURE
     plan = make_plan(directory, older_than, now)
     for why in plan.skipped:
         print(f"skipped {why}")
@@ -165,13 +160,13 @@ def run_prune(directory: Path, older_than: timedelta, *, apply: bool, archive: P
                f"(records before {plan.cutoff:%Y-%m-%dT%H:%M:%SZ}) in {directory}")
     if not plan.delete:
         print(f"nothing older than {label} in {directory}")
-        return 0
+        return EX_OK
     if not apply:
         for c in plan.delete:
             print(f"would delete {c.name} ({c.size} bytes)")
         then = f"archive them to {archive} and delete them" if archive else "delete them"
         print(f"dry run: {summary}; run again with --apply to {then}")
-        return 0
+        return EX_OK
     rc = apply_plan(plan, archive)
     print(("pruned " if rc == 0 else "pruned with errors: ") + summary)
     return rc
@@ -179,33 +174,3 @@ def run_prune(directory: Path, older_than: timedelta, *, apply: bool, archive: P
 
 def _error(message: str) -> None:
     print(f"tta-carbon: error: {message}", file=sys.stderr)
-
-
-def add_parser(sub: Any, config_args: Callable[[argparse.ArgumentParser], None],
-               load_config: Callable[[argparse.Namespace], Any]) -> None:
-    """The `prune` subcommand (kept here so cli.py only needs one line for it)."""
-    parser = sub.add_parser(
-        "prune", help="delete (or archive) old NDJSON files; a dry run unless --apply",
-        description="List, and with --apply delete, the emissions_* files in the output directory whose "
-                    "records are all older than AGE (rotated/compressed copies: their mtime too). Never follows "
-                    "symlinks, never touches other files. Exit 0 done (or nothing to do), 1 error, 78 bad config.")
-    config_args(parser)
-    parser.add_argument("--older-than", metavar="AGE", type=parse_age, required=True, help="e.g. 30d or 12w")
-    parser.add_argument("--apply", action="store_true", help="really delete (default: only list)")
-    parser.add_argument("--archive", metavar="PATH.tar.gz", type=Path,
-                        help="with --apply: write these files to a new tar.gz first; delete only if that succeeded")
-    parser.add_argument("--dir", metavar="DIR", help="prune this directory instead of the configured output_dir")
-
-    def cmd_prune(args: argparse.Namespace) -> int:
-        from src.orchestration import ConfigError
-
-        directory = Path(args.dir) if args.dir else None
-        if directory is None:
-            try:
-                directory = load_config(args).output_dir
-            except ConfigError as exc:
-                print(f"tta-carbon: config error: {exc}", file=sys.stderr)
-                return 78
-        return run_prune(directory, args.older_than, apply=args.apply, archive=args.archive)
-
-    parser.set_defaults(func=cmd_prune)

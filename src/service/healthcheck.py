@@ -15,10 +15,14 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 
+from src.components.carbon import ndjson_files
+from src.components.carbon.directories import OutputDirUnwritable, probe_writable
+from src.components.carbon.health import STALE_AFTER_INTERVALS, stale_after_s
+from src.components.carbon.record import format_methods
 from src.orchestration import ConfigError, TTAConfig
+from src.service.exit_codes import EX_FAILURE, EX_OK
 
 OK, WARN, FAIL = "ok", "warn", "fail"
 _ICON = {OK: "✅", WARN: "⚠️ ", FAIL: "❌"}
@@ -32,7 +36,7 @@ class Check:
 
 
 def static_checks(load: Callable[[], TTAConfig]) -> tuple[list[Check], TTAConfig | None]:
-    from src.components.carbon_component import CarbonComponent, OutputDirUnwritable, probe_writable
+    from src.components.carbon_component import CarbonComponent
 
     checks: list[Check] = []
     try:
@@ -65,13 +69,10 @@ def static_checks(load: Callable[[], TTAConfig]) -> tuple[list[Check], TTAConfig
 def live_checks(config: TTAConfig, timeout_s: float, now: float | None = None) -> list[Check]:
     host = f"[{config.metrics_address}]" if ":" in config.metrics_address else config.metrics_address
     scheme, context = "http", None
-    if config.metrics_web_config is not None:
-        from src.components.carbon.sinks.web_config import load_web_config
-
-        if load_web_config(config.metrics_web_config).tls:
-            # Probing our own daemon at its configured address: the certificate names the
-            # host Prometheus scrapes, not this address, so the chain is not checked here.
-            scheme, context = "https", ssl._create_unverified_context()  # noqa: S323
+    if config.web_config.tls:
+        # Probing our own daemon at its configured address: the certificate names the
+        # host Prometheus scrapes, not this address, so the chain is not checked here.
+        scheme, context = "https", ssl._create_unverified_context()  # noqa: S323
     base = f"{scheme}://{host}:{config.metrics_port}"
     try:
         with urllib.request.urlopen(f"{base}/healthz", timeout=timeout_s, context=context) as resp:  # noqa: S310
@@ -87,24 +88,25 @@ def live_checks(config: TTAConfig, timeout_s: float, now: float | None = None) -
     now = time.time() if now is None else now
     checks = [Check("daemon", OK, f"Daemon: /metrics reachable at {base}/metrics")]
     interval = float(health.get("interval_s") or config.measurement_interval)
+    stale_after = stale_after_s(interval)
     last = float(health.get("last_success_at") or 0)
     age = now - last
     if last <= 0:
         started_ago = now - float(health.get("started_at") or now)
-        status = FAIL if started_ago > 3 * interval else WARN
+        status = FAIL if started_ago > stale_after else WARN
         checks.append(Check("measurement", status, f"Last measurement: none yet (daemon up {started_ago:.0f}s, "
                                                    f"interval {interval:g}s)"))
-    elif age > 3 * interval:
+    elif age > stale_after:
         checks.append(Check("measurement", FAIL, f"Last measurement: stale, {age:.0f}s ago "
-                                                 f"(more than 3 intervals of {interval:g}s)"))
+                                                 f"(more than {STALE_AFTER_INTERVALS} intervals of {interval:g}s)"))
     else:
         checks.append(Check("measurement", OK, f"Last measurement: {age:.0f}s ago (interval {interval:g}s)"))
     if not health.get("tracker_available", False):
         checks.append(Check("tracker", FAIL, f"Energy source: unavailable: {health.get('tracker_error', '')}"))
-    today = config.output_dir / f"emissions_{datetime.fromtimestamp(now, UTC):%Y-%m-%d}.json"
+    today = config.output_dir / ndjson_files.file_name_at(now)
     try:
         mtime = today.stat().st_mtime
-        fresh = now - mtime <= 3 * interval
+        fresh = now - mtime <= stale_after
         checks.append(Check("records", OK if fresh else FAIL,
                             f"Today's records: {today.name} {'updated' if fresh else 'last updated'} "
                             f"{now - mtime:.0f}s ago"))
@@ -127,7 +129,7 @@ def live_checks(config: TTAConfig, timeout_s: float, now: float | None = None) -
         checks.append(Check("intensity", WARN, f"Carbon intensity: online source failing "
                                                f"({health['intensity_error']}); using {health.get('intensity_source')}"))
     methods = health.get("energy_method") or {}
-    shown = ", ".join(f"{k}={v}" for k, v in sorted(methods.items())) or "unknown"
+    shown = format_methods(methods, sep=", ", empty="unknown")
     if health.get("estimated", True):
         checks.append(Check("energy_method", WARN, f"Energy method: estimated, not measured ({shown})"))
     else:
@@ -151,4 +153,4 @@ def run_check(load: Callable[[], TTAConfig], *, as_json: bool, timeout_s: float,
         for c in checks:
             print(f"{_ICON[c.status]} {c.line}")
     sys.stdout.flush()
-    return 0 if healthy else 1
+    return EX_OK if healthy else EX_FAILURE

@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-import gzip
 import json
-import re
 import sys
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from src.components.carbon.record import COMPONENTS
-
-# emissions_2026-11-28.json, plus logrotate's .1 / .2.gz / -20261128 / .gz suffixes.
-_FILE = re.compile(r"^emissions_\d{4}-\d{2}-\d{2}\.json(?:[.-][0-9]+)?(?:\.gz)?$")
+from src.components.carbon.attribution import OTHER, UNATTRIBUTED
+from src.components.carbon.ndjson_files import list_files, read_lines
+from src.components.carbon.record import COMPONENTS, JOULES_PER_KWH
+from src.service.exit_codes import EX_FAILURE, EX_OK
 
 
 @dataclass
@@ -56,21 +54,11 @@ class Report:
             acc[3] += 1
 
 
-def iter_files(directory: Path) -> list[Path]:
-    return sorted(p for p in directory.iterdir() if _FILE.match(p.name) and p.is_file())
-
-
-def read_lines(path: Path) -> list[bytes]:
-    opener = gzip.open if path.name.endswith(".gz") else open
-    with opener(path, "rb") as fh:
-        return fh.read().split(b"\n")
-
-
 def build_report(directory: Path) -> Report:
     """Each record counts once, keyed by (run_id, seq), whichever file it sits in."""
     report = Report()
     seen: set[tuple[str, int]] = set()
-    for path in iter_files(directory):
+    for path in list_files(directory):
         report.files += 1
         for lineno, raw in enumerate(read_lines(path), start=1):
             if not raw.strip():
@@ -98,7 +86,7 @@ def build_report(directory: Path) -> Report:
 def run_report(directory: Path, *, as_json: bool, by: str = "day") -> int:
     if not directory.is_dir():
         print(f"tta-carbon: error: output directory {directory} does not exist or is not a directory", file=sys.stderr)
-        return 1
+        return EX_FAILURE
     report = build_report(directory)
     if report.invalid_lines:
         shown = ", ".join(report.invalid_lines[:5]) + (" ..." if len(report.invalid_lines) > 5 else "")
@@ -111,28 +99,26 @@ def run_report(directory: Path, *, as_json: bool, by: str = "day") -> int:
             "by_unit": {u: {"energy_j": a[0], "emissions_g": a[1], "cpu_s": a[2], "records": a[3]}
                         for u, a in sorted(report.by_unit.items())},
         }, indent=2))
-        return 0
+        return EX_OK
     if by == "unit":
         print_by_unit(report)
     elif by == "component":
         print(f"{'component':<10} {'energy kWh':>14} {'emissions g':>14}")
         for c in COMPONENTS:
-            print(f"{c:<10} {report.overall.energy_j[c] / 3.6e6:>14.6f} {report.overall.emissions_g[c]:>14.3f}")
+            print(f"{c:<10} {report.overall.energy_j[c] / JOULES_PER_KWH:>14.6f} {report.overall.emissions_g[c]:>14.3f}")
     else:
         print(f"{'day':<10} {'records':>8} {'cpu kWh':>12} {'ram kWh':>12} {'gpu kWh':>12} {'emissions g':>14}")
         for day, t in sorted(report.by_day.items()):
-            print(f"{day:<10} {t.records:>8} " + " ".join(f"{t.energy_j[c] / 3.6e6:>12.6f}" for c in COMPONENTS)
+            print(f"{day:<10} {t.records:>8} " + " ".join(f"{t.energy_j[c] / JOULES_PER_KWH:>12.6f}" for c in COMPONENTS)
                   + f" {sum(t.emissions_g.values()):>14.3f}")
     o = report.overall
-    print(f"{'total':<10} {o.records:>8} records, {sum(o.energy_j.values()) / 3.6e6:.6f} kWh, "
+    print(f"{'total':<10} {o.records:>8} records, {sum(o.energy_j.values()) / JOULES_PER_KWH:.6f} kWh, "
           f"{sum(o.emissions_g.values()):.3f} gCO2eq ({sum(o.emissions_g.values()) / 1000:.6f} kg)")
-    return 0
+    return EX_OK
 
 
 def print_by_unit(report: Report) -> None:
     """Units by energy, largest first; ``other`` and ``unattributed`` last."""
-    from src.components.carbon.attribution import OTHER, UNATTRIBUTED
-
     if not report.by_unit:
         print("no per-unit data in these records (attribution off or unavailable; see docs/attribution.md)")
         return
@@ -143,4 +129,4 @@ def print_by_unit(report: Report) -> None:
     print(f"{'unit':<{width}} {'energy kWh':>14} {'share':>7} {'emissions g':>14} {'cpu s':>10}")
     for u in named + tail:
         j, g, cpu_s, _ = report.by_unit[u]
-        print(f"{u:<{width}} {j / 3.6e6:>14.6f} {100 * j / total_j:>6.1f}% {g:>14.3f} {cpu_s:>10.1f}")
+        print(f"{u:<{width}} {j / JOULES_PER_KWH:>14.6f} {100 * j / total_j:>6.1f}% {g:>14.3f} {cpu_s:>10.1f}")

@@ -1,0 +1,105 @@
+"""TTAConfig -> the small settings each part of the library takes. The one place they are built.
+
+The library (``src.components.carbon``) never sees TTAConfig: each part gets its own
+frozen dataclass, built here. Reload rules live here too: which settings apply live.
+"""
+
+from __future__ import annotations
+
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+
+from src.components.carbon.attribution import AttributionSettings
+from src.components.carbon.intensity import IntensitySettings, OnlineSettings, default_zone
+from src.components.carbon.sinks.http_server import HttpSettings
+from src.components.carbon.sources.select import SourceSettings
+from src.orchestration.config import TTAConfig
+
+# Settings a SIGHUP applies without a restart (docs/operations.md#reload).
+LIVE_SETTINGS = frozenset({
+    "log_level", "log_file", "project_name", "intensity_g_per_kwh", "country_iso_code", "region",
+    "record_hostname", "offline", "electricitymaps_token", "electricitymaps_zone", "electricitymaps_url",
+    "electricitymaps_refresh_interval", "electricitymaps_timeout", "intensity_profile_file",
+})
+
+
+@dataclass(frozen=True, slots=True)
+class RecordSettings:
+    """Who the records are about."""
+
+    host: str | None  # None: records carry no host
+    project: str
+    env: str
+
+
+@dataclass(frozen=True, slots=True)
+class ComponentSettings:
+    output_dir: Path
+    state_dir: Path
+    log_file: Path | None
+    interval_s: float
+    records: RecordSettings
+    sources: SourceSettings
+    intensity: IntensitySettings
+    attribution: AttributionSettings
+    http: HttpSettings
+
+
+def record_settings(config: TTAConfig) -> RecordSettings:
+    host = socket.gethostname() if config.record_hostname else None
+    return RecordSettings(host, config.project_name, config.env)
+
+
+def source_settings(config: TTAConfig) -> SourceSettings:
+    return SourceSettings(
+        energy_source=config.energy_source, powercap_root=config.powercap_root,
+        country_iso_code=config.country_iso_code, project_name=config.project_name,
+        codecarbon_dir=config.output_dir, cpu_tdp_watts=config.cpu_tdp_watts, ram_watts=config.ram_watts,
+        gpu=config.gpu,
+    )
+
+
+def intensity_settings(config: TTAConfig) -> IntensitySettings:
+    online = None
+    zone = config.electricitymaps_zone or default_zone(config.country_iso_code)
+    if not config.offline and config.electricitymaps_token is not None and zone:  # TTAConfig guarantees a zone
+        online = OnlineSettings(
+            config.electricitymaps_token, zone, config.electricitymaps_url,
+            refresh_s=config.electricitymaps_refresh_interval, timeout_s=config.electricitymaps_timeout,
+        )
+    return IntensitySettings(
+        country_iso_code=config.country_iso_code, region=config.region,
+        fixed_g_per_kwh=config.intensity_g_per_kwh, profile=config.intensity_profile, online=online,
+    )
+
+
+def attribution_settings(config: TTAConfig) -> AttributionSettings:
+    return AttributionSettings(
+        enabled=config.attribution_enabled, cgroup_root=config.cgroup_root, proc_root=config.proc_root,
+        include=config.attribution_include, exclude=config.attribution_exclude, top_n=config.attribution_top_n,
+    )
+
+
+def http_settings(config: TTAConfig) -> HttpSettings:
+    return HttpSettings(config.metrics_address, config.metrics_port, config.web_config)
+
+
+def component_settings(config: TTAConfig) -> ComponentSettings:
+    return ComponentSettings(
+        output_dir=Path(config.output_dir), state_dir=Path(config.state_dir), log_file=config.log_file,
+        interval_s=config.measurement_interval, records=record_settings(config), sources=source_settings(config),
+        intensity=intensity_settings(config), attribution=attribution_settings(config), http=http_settings(config),
+    )
+
+
+def apply_live(running: TTAConfig, new: TTAConfig) -> tuple[TTAConfig, list[str]]:
+    """The configuration in force after a reload, and the changed settings that need a restart.
+
+    Live settings take their new values; the others keep the running ones until a restart.
+    """
+    old_values, new_values = running.model_dump(), new.model_dump()
+    needs_restart = sorted(k for k in old_values if old_values[k] != new_values[k] and k not in LIVE_SETTINGS)
+    effective = running.model_copy(update={k: getattr(new, k) for k in LIVE_SETTINGS})
+    effective._profile = new.intensity_profile  # the parsed file goes with its (live) setting
+    return effective, needs_restart
