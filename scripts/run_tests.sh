@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, on a fresh Debian 12 machine (root): installs what the
 # tests use for real (uv, Prometheus + promtool, logrotate, wrk, strace, curl, jq),
-# then runs pytest. README's test command; .ci/run calls exactly this.
+# then checks the import contracts and runs pytest. README's test command; .ci/run calls exactly this.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -29,6 +29,9 @@ if [ -x scripts/check_unit_security.sh ]; then
   echo "== systemd unit exposure score"
   bash scripts/check_unit_security.sh
 fi
+
+echo "== import contracts (pyproject.toml [tool.importlinter])"
+uv run --frozen lint-imports --no-cache
 
 echo "== pytest"
 exec uv run --frozen pytest -q "$@"
