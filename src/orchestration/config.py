@@ -43,7 +43,7 @@ _layers: ContextVar[list[Layer]] = ContextVar("tta_config_layers", default=[])
 _environ: ContextVar[dict[str, str] | None] = ContextVar("tta_config_environ", default=None)
 # Files a validator has parsed while checking a setting (profile, web config), handed to the
 # model once validation passes: each file is read once, and what was checked is what runs.
-_parsed: ContextVar[dict[str, Any]] = ContextVar("tta_config_parsed", default={})
+_parsed: ContextVar[dict[str, Any] | None] = ContextVar("tta_config_parsed", default=None)
 
 
 def known_country_codes() -> frozenset[str] | None:
@@ -272,7 +272,7 @@ class TTAConfig(BaseSettings):
     @classmethod
     def _web_config_file(cls, value: Path | None) -> Path | None:
         if value is not None:
-            _parsed.get()["web_config"] = load_web_config(value)  # ValueError: one line naming the problem
+            _remember("web_config", load_web_config(value))  # ValueError: one line naming the problem
         return value
 
     @field_validator("log_file")
@@ -301,12 +301,12 @@ class TTAConfig(BaseSettings):
     def _profile_file(cls, value: Path | None) -> Path | None:
         if value is not None:
             # ProfileError (a ValueError) names file and line. The chain sets the location.
-            _parsed.get()["profile"] = ProfileProvider.load(value)
+            _remember("profile", ProfileProvider.load(value))
         return value
 
     @model_validator(mode="after")
     def _keep_parsed_files(self) -> TTAConfig:
-        parsed = _parsed.get()
+        parsed = _parsed.get() or {}
         self._profile = parsed.get("profile")
         self._web_config = parsed.get("web_config", WebConfig())
         return self
@@ -352,6 +352,13 @@ class TTAConfig(BaseSettings):
         if self.electricitymaps_token is not None:
             data["electricitymaps_token"] = "**********"
         return data
+
+
+def _remember(name: str, parsed: Any) -> None:
+    """Keep what a validator parsed for ``_keep_parsed_files`` (only inside TTAConfig's own __init__)."""
+    store = _parsed.get()
+    if store is not None:
+        store[name] = parsed
 
 
 def _path_kind(path: Path) -> str:
