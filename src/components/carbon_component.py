@@ -41,7 +41,7 @@ from src.components.carbon.sources import EnergySource
 from src.components.carbon.sources.cgroups import CpuTimeSampler
 from src.components.carbon.sources.select import select_source
 from src.orchestration import TTAConfig
-from src.orchestration.settings import apply_live, component_settings
+from src.orchestration.settings import apply_live, component_settings, record_settings
 
 __all__ = ["CarbonComponent", "IntervalOutcome", "OutputDirUnwritable", "StartReport", "probe_writable"]
 
@@ -74,6 +74,7 @@ class CarbonComponent:
         self._ndjson = NdjsonSink(s.output_dir)
         self._prometheus = PrometheusSink()
         self._chain: IntensityChain = build_chain(s.intensity)  # network-free until start()
+        self._intensity: Intensity = self._chain.current(time.time())
         self._source: EnergySource | None = None
         self._source_status = SourceStatus()
         self._cpu_time: CpuTimeSampler | None = None
@@ -99,14 +100,14 @@ class CarbonComponent:
         s = self.settings
         self.prepare_directories()
         loaded = self._ledger.load()
-        self._accountant = Accountant(loaded.totals, s.attribution.top_n)
+        self._accountant = Accountant(loaded.totals.copy(), s.attribution.top_n)
         self._prometheus.restore(loaded.totals)
         source, reason = select_source(s.sources)
         try:
             source.open()
+            self._prometheus.set_devices(source.devices)
             self._source = source
             self._source_status = SourceStatus(source.name, True)
-            self._prometheus.set_devices(source.devices)
         except SourceUnavailable as exc:
             # Keep serving metrics and health: they are how the operator learns about this.
             self._source_status = SourceStatus(source.name, False, str(exc))
@@ -114,6 +115,7 @@ class CarbonComponent:
             self._source_status = SourceStatus(
                 source.name, False, f"{source.name} failed to open: {type(exc).__name__}: {exc}")
         attribution = self._open_attribution()
+        self._intensity = self._chain.current(time.time())  # before the online provider's first fetch
         self._chain.start()  # the online provider's refresh thread, if any
         self._measure_file_sizes()
         self._publish(None)
@@ -150,7 +152,7 @@ class CarbonComponent:
     @property
     def health(self) -> HealthSnapshot:
         """The snapshot as of the last interval (or start, or reload)."""
-        return self._health
+        return self._published[0]
 
     def measure_once(self, *, final: bool = False) -> IntervalOutcome:
         """Account one interval (or, with ``final``, the tail) and hand its record to every sink."""
@@ -158,7 +160,7 @@ class CarbonComponent:
         if accountant is None:
             raise RuntimeError("start() first")
         now_mono = time.monotonic()
-        intensity = self._chain.current(time.time())  # cheap: no I/O
+        self._intensity = intensity = self._chain.current(time.time())  # cheap: no I/O
         energy, error = self._read_source(final)
         record, warning, write_failed = None, "", False
         if energy is not None:
@@ -175,7 +177,7 @@ class CarbonComponent:
         outcome = IntervalOutcome(time.time(), record, error, warning, self._sink_stats(), write_failed)
         self._stats = self._stats.after(outcome)
         self._measure_file_sizes()
-        self._publish(record, intensity)
+        self._publish(record)
         return outcome
 
     def stop(self) -> IntervalOutcome | None:
@@ -193,12 +195,17 @@ class CarbonComponent:
         self.config, needs_restart = apply_live(self.config, config)
         self.settings = component_settings(self.config)
         self._info = replace(self._info, project=self.config.project_name)
-        self._identity = self._make_identity()
+        # Records take who they are about from the new file at once (env included, as before).
+        r = record_settings(config)
+        self._identity = Identity(self.run_id, r.host, r.project, r.env)
         old_chain, self._chain = self._chain, build_chain(self.settings.intensity, reuse=self._chain)
         if old_chain.online is not None and old_chain.online is not self._chain.online:
             old_chain.online.close()
         if self._accountant is not None:  # started: keep the (new) online provider refreshing
             self._chain.start()
+        if self._source is not None:
+            self._source.recover()  # e.g. try codecarbon again after a degradation
+        self._intensity = self._chain.current(time.time())
         self._publish(None)
         return needs_restart
 
@@ -248,17 +255,21 @@ class CarbonComponent:
             log_bytes = 0
         self._file_sizes = (ndjson_files.total_bytes(self.output_dir), log_bytes)
 
-    def _publish(self, record: EmissionsRecord | None, intensity: Intensity | None = None) -> None:
+    def _publish(self, record: EmissionsRecord | None) -> None:
         """Recompute the health snapshot and the /metrics page (with ``record`` when there is one)."""
         online = self._chain.online
         totals = self._accountant.totals if self._accountant is not None else Totals()
-        self._health = build_health(
-            self._info, self._source_status, self._stats, totals, self._sink_stats(),
-            intensity or self._chain.current(time.time()), online.last_error if online is not None else "",
-            *self._file_sizes,
+        source = self._source
+        if source is not None:  # name and degradation follow the source (codecarbon starting, failing)
+            self._source_status = SourceStatus(source.name, True, "", source.degradation)
+        health = build_health(
+            self._info, self._source_status, self._stats, totals, self._sink_stats(), self._intensity,
+            online.last_error if online is not None else "", *self._file_sizes,
         )
-        self._health_body = json.dumps(self._health.as_dict()).encode() + b"\n"
-        self._prometheus.update(self._health, record)
+        # One attribute, replaced whole: the HTTP thread never pairs one snapshot's verdict with another's body.
+        self._published = (health, json.dumps(health.as_dict()).encode() + b"\n")
+        self._prometheus.update(health, record)
 
     def _health_route(self) -> tuple[bool, bytes]:
-        return is_healthy(self._health, time.time()), self._health_body
+        health, body = self._published
+        return is_healthy(health, time.time()), body

@@ -103,6 +103,10 @@ def live_checks(config: TTAConfig, timeout_s: float, now: float | None = None) -
         checks.append(Check("measurement", OK, f"Last measurement: {age:.0f}s ago (interval {interval:g}s)"))
     if not health.get("tracker_available", False):
         checks.append(Check("tracker", FAIL, f"Energy source: unavailable: {health.get('tracker_error', '')}"))
+    elif health.get("energy_source_degraded"):
+        # The guide's words: the daemon measures on, with our own readers, and says so.
+        checks.append(Check("tracker", WARN, "codecarbon library: Not available in the daemon (graceful degradation): "
+                                             f"{health['energy_source_degraded']}"))
     today = config.output_dir / ndjson_files.file_name_at(now)
     try:
         mtime = today.stat().st_mtime

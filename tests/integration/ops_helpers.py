@@ -145,6 +145,11 @@ class OpsDaemon(DaemonProc):
         """Wait until the daemon reports n records written (its own count, files untouched)."""
         return self.wait_for(lambda h: h["records_written"] >= n, f"{n} records", timeout)
 
+    def wait_codecarbon(self, timeout: float = 30) -> dict:
+        """Wait until the default's codecarbon tracker (built after READY) has measured an interval."""
+        return self.wait_for(lambda h: h["energy_method"].get("cpu") == "codecarbon_cpu_load",
+                             "a codecarbon measurement", timeout)
+
 
 @pytest.fixture
 def daemons() -> Iterator[list[OpsDaemon]]:

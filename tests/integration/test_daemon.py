@@ -41,7 +41,8 @@ def test_records_metrics_and_sigterm(daemon_factory):
     for r in records:
         assert r["interval_end"] == r["timestamp"] and r["timestamp"].endswith("Z")
         assert 0.5 < r["duration_s"] < 2.0
-        assert r["energy_method"]["cpu"] == "cpu_load_tdp" and r["estimated"] is True
+        # codecarbon's tracker (the default), or our estimate of its model until the tracker runs.
+        assert r["energy_method"]["cpu"] in ("codecarbon_cpu_load", "cpu_load_tdp") and r["estimated"] is True
         assert r["intensity_source"] == "country_mix" and r["intensity_location"] == "FRA"
         for c in ("cpu", "ram"):
             assert r["power_w"][c] == pytest.approx(r["energy_j"][c] / r["duration_s"], rel=1e-9)
@@ -127,7 +128,8 @@ def test_http_paths_and_methods(daemon_factory):
     head = urllib.request.urlopen(urllib.request.Request(d.url(), method="HEAD"), timeout=5)
     assert head.status == 200 and head.read() == b"" and int(head.headers["Content-Length"]) > 1000
     health = json.loads(urllib.request.urlopen(d.url("/healthz"), timeout=5).read())
-    assert health["tracker_available"] is True and health["energy_source"] == "cpu_load_tdp"
+    assert health["tracker_available"] is True and health["energy_source"] == "codecarbon"
+    assert health["energy_source_degraded"] == ""
 
 
 def test_bad_config_exits_78_before_creating_anything(tmp_path):
@@ -150,7 +152,7 @@ def test_codecarbon_tracker_source(daemon_factory):
     """energy_source=codecarbon runs codecarbon's own EmissionsTracker through our output handler."""
     d = daemon_factory(settings={"energy_source": "codecarbon"}).start()
     records = d.wait_for_records(2)
-    assert all(r["energy_method"] == {"cpu": "cpu_load_tdp", "ram": "constant"} for r in records)
+    assert all(r["energy_method"] == {"cpu": "codecarbon_cpu_load", "ram": "codecarbon_ram_model"} for r in records)
     assert all(r["energy_j"]["ram"] > 0 for r in records)
     health = json.loads(urllib.request.urlopen(d.url("/healthz"), timeout=5).read())
     assert health["energy_source"] == "codecarbon" and health["tracker_available"] is True

@@ -77,7 +77,7 @@ def test_daemon_measures_each_gpu_and_labels_metrics(daemon_factory, tmp_path):
         last["devices_j"]["gpu0"] / last["duration_s"], rel=1e-9)
     assert metric(page, f'tta_carbon_gpu_power_watts{{gpu="1",name="{GPU1}"}}') == pytest.approx(GPU1_W, rel=0.01)
     assert metric(page, 'tta_carbon_energy_joules_total{component="gpu"}') > 0
-    assert re.search(r'tta_carbon_build_info\{[^}]*energy_source="cpu_load_tdp\+nvml"', page), page
+    assert re.search(r'tta_carbon_build_info\{[^}]*energy_source="nvml\+codecarbon"', page), page
     print(f"\nfake NVML gpu0 counter: programmed {programmed0:.3f} J, daemon {got0:.3f} J "
           f"({(got0 / programmed0 - 1) * 100:+.4f}%) over {len(records)} records")
 
@@ -89,6 +89,6 @@ def test_daemon_without_driver_runs_cpu_only(daemon_factory, tmp_path):
     d.wait_for_records(1)
     page = urllib.request.urlopen(d.url(), timeout=5).read().decode()
     assert d.stop() == 0
-    assert "tta_carbon_gpu_" not in page and 'energy_source="cpu_load_tdp"' in page
+    assert "tta_carbon_gpu_" not in page and 'energy_source="codecarbon"' in page
     assert all("gpu" not in r["energy_method"] for r in d.records())
     assert "NVMLError_LibraryNotFound" in d.log_file.read_text()  # the reason is logged once, at start

@@ -22,7 +22,7 @@ import pytest
 from tests.fixtures.fake_rapl import FakeRapl
 from tests.integration.ops_helpers import REPO, TTA_CARBON, OpsDaemon, as_user, clean_env, read_only
 
-ESTIMATED = "⚠️  Energy method: estimated, not measured (cpu=cpu_load_tdp, ram=constant)"
+ESTIMATED = "⚠️  Energy method: estimated, not measured (cpu=codecarbon_cpu_load, ram=codecarbon_ram_model)"
 HIDDEN = "codecarbon deliberately hidden by this test"
 
 
@@ -82,7 +82,7 @@ def live() -> Iterator[dict[str, OpsDaemon]]:
 
 def test_healthy(live: dict[str, OpsDaemon]) -> None:
     d = live["healthy"]
-    d.wait_records(2)
+    d.wait_codecarbon()
     s = d
     rc, lines, _ = s.check()
     assert_lines(lines, [
@@ -99,7 +99,7 @@ def test_healthy(live: dict[str, OpsDaemon]) -> None:
 
 def test_healthy_json(live: dict[str, OpsDaemon]) -> None:
     d = live["healthy"]
-    d.wait_records(2)
+    d.wait_codecarbon()
     rc, lines, _ = d.check("--json")
     doc = json.loads("\n".join(lines))
     assert doc["healthy"] is True
@@ -288,7 +288,8 @@ def test_codecarbon_missing_without_intensity_is_a_config_error(world_tmp: Path)
 
 
 def test_codecarbon_missing_daemon_measures_with_rapl(world_tmp: Path, daemons: list[OpsDaemon]) -> None:
-    """Graceful degradation end to end: no codecarbon, RAPL readable -> healthy and measured."""
+    """Graceful degradation end to end: no codecarbon, RAPL readable -> healthy, CPU measured by RAPL,
+    RAM by our estimate of codecarbon's model, and the check says codecarbon is missing in the daemon."""
     env = hide_codecarbon(world_tmp)
     s = OpsDaemon(world_tmp, env=env, settings={"intensity_g_per_kwh": "250",
                                                 "powercap_root": str(fake_rapl(world_tmp))})
@@ -302,9 +303,11 @@ def test_codecarbon_missing_daemon_measures_with_rapl(world_tmp: Path, daemons: 
         "✅ Configuration: Valid",
         f"✅ Daemon: /metrics reachable at http://127.0.0.1:{s.port}/metrics",
         (r"✅ Last measurement: (\d+)s ago \(interval 1s\)", 0, 3),
+        "⚠️  codecarbon library: Not available in the daemon (graceful degradation): codecarbon unavailable "
+        f"(codecarbon cannot be imported: ImportError: {HIDDEN}); using cpu_load_tdp",
         (rf"✅ Today's records: {today_file()} updated (\d+)s ago", 0, 3),
         "✅ Write errors: 0",
-        "✅ Energy method: measured (cpu=rapl)",
+        "⚠️  Energy method: estimated, not measured (cpu=rapl, ram=constant)",
     ])
     assert rc == 0
 
@@ -315,9 +318,12 @@ def test_codecarbon_missing_no_rapl_still_estimates(world_tmp: Path, daemons: li
     s = OpsDaemon(world_tmp, env=env, settings={"intensity_g_per_kwh": "250",
                                                 "powercap_root": str(world_tmp / "no-powercap")})
     daemons.append(s.start())
+    s.wait_for(lambda h: h["energy_source_degraded"] != "", "the degradation")
     s.wait_records(1)
     rc, lines, _ = s.check(env=env)
     assert "⚠️  Energy method: estimated, not measured (cpu=cpu_load_tdp, ram=constant)" in lines
+    assert any(line.startswith("⚠️  codecarbon library: Not available in the daemon (graceful degradation)")
+               for line in lines)
     assert lines[0] == "✅ Carbon component: OK"
     assert rc == 0
 

@@ -41,7 +41,7 @@ BAD = {
 def test_malformed_requests_and_slowloris(daemon_factory, figures):
     """Malformed requests, 70 KB headers, unknown paths/methods, 50 slowloris clients: answers stay correct, thread count constant, no late or missed interval."""
     d = daemon_factory().start()
-    d.wait_for_records(1)
+    d.wait_for_codecarbon()  # its tracker's threads are up: the count is the steady one
     threads0 = thread_count(d.proc.pid)
     for name, (payload, want) in BAD.items():
         resp = _raw(d.port, payload)
@@ -89,7 +89,7 @@ def test_wrk_load_keeps_cadence(daemon_factory, figures):
     """wrk, 64 connections on /metrics (5 s; 30 s with TTA_FULL_SOAK=1) while measuring at 1 s: zero errors, no late or missed interval."""
     secs = 30 if FULL else 5
     d = daemon_factory().start()
-    d.wait_for_records(1)
+    d.wait_for_codecarbon()  # its tracker's threads are up: the count is the steady one
     threads0 = thread_count(d.proc.pid)
     n0 = len(d.records())
     out = subprocess.run(["wrk", "-t2", "-c64", f"-d{secs}s", "--latency", d.url("/metrics")],

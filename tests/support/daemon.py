@@ -137,6 +137,21 @@ class DaemonProc:
             time.sleep(0.1)
         raise AssertionError(f"fewer than {count} records after {timeout}s; stderr: {self.stderr()}")
 
+    def wait_for_record(self, predicate: Any, what: str, timeout: float = 30.0) -> dict[str, Any]:
+        """The first record for which ``predicate(record)`` holds (e.g. the default's first codecarbon one)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for r in self.records() if self.output_dir.exists() else []:
+                if predicate(r):
+                    return r
+            time.sleep(0.1)
+        raise AssertionError(f"no record with {what} after {timeout}s; stderr: {self.stderr()}")
+
+    def wait_for_codecarbon(self, timeout: float = 30.0) -> dict[str, Any]:
+        """The default builds codecarbon's tracker after READY; its estimate counts until then."""
+        return self.wait_for_record(lambda r: r["energy_method"].get("cpu") == "codecarbon_cpu_load",
+                                    "a codecarbon measurement", timeout)
+
     def url(self, path: str = "/metrics") -> str:
         return f"http://127.0.0.1:{self.port}{path}"
 

@@ -67,3 +67,66 @@ def test_unknown_model_uses_documented_default_and_settings_win(tmp_path):
     fixed.open()
     assert (fixed.cpu.watts, fixed.ram.watts) == (65, 3)
     assert fixed.close().components["cpu"].joules >= 0
+
+
+def test_tdp_lookup_agrees_with_codecarbon_for_every_row_of_its_table():
+    """Every name in codecarbon's bundled CPU table, plus the raw forms /proc/cpuinfo shows
+    ("(R)", " CPU @ 2.10GHz") and shortened names, gives the TDP codecarbon's own matcher gives
+    (None where it gives none). The earlier token-subset matcher differed on 231 of these."""
+    import warnings
+
+    from codecarbon.core.cpu import TDP
+    from codecarbon.input import DataSource
+
+    from src.components.carbon.sources.cpu_estimate import _cpu_table
+
+    table = DataSource().get_cpu_power_data()
+    tdp = TDP.__new__(TDP)  # only the lookup: TDP() itself probes this machine's CPU
+
+    def theirs(model: str) -> float | None:
+        match = tdp._get_matching_cpu(model, table)
+        if not match:
+            return None
+        try:
+            return float(tdp._get_cpu_constant_power(match, table))
+        except ValueError:  # malformed TDP cell ("27.29.5"): codecarbon cannot use it either
+            return None
+
+    names, _ = _cpu_table()
+    assert len(names) > 1000  # the whole bundled table, not a sample
+    queries = list(dict.fromkeys(names))
+    queries += [f"Intel(R) Xeon(R) {n.removeprefix('Intel Xeon ')} CPU @ 2.10GHz" for n in names[:200]
+                if n.startswith("Intel Xeon")]
+    queries += [n.rsplit(" ", 1)[0] for n in names[::7]]  # shortened names: the ambiguous token-set cases
+    queries += ["AMD EPYC", "AMD EPYC 7203 8-Core Processor", "Mystery CPU 9000", ""]
+    mismatches = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for q in queries:
+            ours, cc = lookup_tdp(q), theirs(q) if q else None
+            if ours != cc:
+                mismatches.append((q, ours, cc))
+    assert mismatches == [], f"{len(mismatches)} of {len(queries)} differ, e.g. {mismatches[:5]}"
+
+
+def test_load_is_sampled_per_second_so_bursts_count_like_codecarbon(tmp_path):
+    """A burst then idle: the mean of the per-sample powers, not the power of the mean load
+    (0.55 x TDP here, against 0.21 x TDP for one load figure over the whole interval)."""
+    proc = tmp_path / "proc"
+    write_proc(proc, busy=0, idle=0)
+    src = CpuLoadTdpSource(cpu_tdp_watts=100, ram_watts=10, proc_root=proc)
+    src.open()
+    assert src.max_sample_interval_s == 1.0  # the daemon calls sample() this often
+    t0 = time.monotonic()
+    time.sleep(0.3)
+    write_proc(proc, busy=100, idle=0)  # fully busy since open
+    src.sample()
+    time.sleep(0.3)
+    write_proc(proc, busy=100, idle=100)  # idle since the sample
+    energy = src.read_interval()
+    elapsed = time.monotonic() - t0
+    assert energy.components["cpu"].joules / (100 * elapsed) == pytest.approx(0.55, rel=0.1)
+    assert energy.components["ram"].joules == pytest.approx(10 * elapsed, rel=0.05)
+    only_ram = CpuLoadTdpSource(ram_watts=10, proc_root=proc, components=("ram",))
+    only_ram.open()
+    assert only_ram.max_sample_interval_s is None and set(only_ram.close().components) == {"ram"}

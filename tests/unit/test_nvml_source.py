@@ -249,7 +249,7 @@ def test_merge_refuses_one_component_two_ways():
 def test_select_source_gpu_setting(pynvml, tmp_path, clock, gpu, present, name):
     make(tmp_path, clock, [FakeGpu()], init_error=None if present else "LibraryNotFound")
     rapl = FakeRapl(tmp_path / "powercap")
-    source, reason = select_source(SourceSettings("auto", rapl.root, "FRA", "p", tmp_path, gpu=gpu))
+    source, reason = select_source(SourceSettings("rapl", rapl.root, "FRA", "p", tmp_path, gpu=gpu))
     assert source.name == name
     if gpu == "auto":
         assert ("gpu0 NVIDIA A100-SXM4-40GB (nvml)" in reason) is present
@@ -257,6 +257,20 @@ def test_select_source_gpu_setting(pynvml, tmp_path, clock, gpu, present, name):
         with pytest.raises(SourceUnavailable, match="LibraryNotFound"):
             source.open()
     assert pynvml._init_count == 0  # probing left NVML shut down
+
+
+@pytest.mark.parametrize(("dram", "gpus", "name"), [
+    (True, 1, "rapl+nvml"),  # everything measured: codecarbon has nothing left to estimate
+    (False, 1, "rapl+nvml+codecarbon"),  # RAM from codecarbon's model
+    (False, 0, "rapl+codecarbon"),
+])
+def test_auto_uses_our_readers_where_they_measure_and_codecarbon_for_the_rest(pynvml, tmp_path, clock, dram, gpus,
+                                                                                name):
+    make(tmp_path, clock, [FakeGpu()] * gpus, init_error=None if gpus else "LibraryNotFound")
+    rapl = FakeRapl(tmp_path / "powercap", dram=dram)
+    source, reason = select_source(SourceSettings("auto", rapl.root, "FRA", "p", tmp_path))
+    assert source.name == name
+    assert ("codecarbon EmissionsTracker for ram" in reason) is (not dram)
 
 
 def test_codecarbon_source_is_never_composed(pynvml, tmp_path, clock):
@@ -270,7 +284,7 @@ def test_codecarbon_source_is_never_composed(pynvml, tmp_path, clock):
 
 def test_prometheus_per_gpu_power_and_energy(tmp_path):
     sink = PrometheusSink()
-    sink.set_devices([DeviceInfo("gpu0", "gpu", 0, "NVIDIA A100"), DeviceInfo("gpu1", "gpu", 1, "Tesla P100")])
+    sink.set_devices([DeviceInfo("gpu0", "gpu", 0, "NVIDIA A100", "gpu"), DeviceInfo("gpu1", "gpu", 1, "Tesla P100", "gpu")])
     health = HealthSnapshot(version="t", project="p", env="e", interval_s=2.0, started_at=0.0)
     accountant = Accountant(Totals())
     identity = Identity("r", None, "p", "e")

@@ -36,6 +36,7 @@ class SourceStatus:
     name: str = ""
     available: bool = False
     error: str = ""  # why it is unavailable
+    degraded: str = ""  # what it fell back to and why (codecarbon missing or failed); "" when as intended
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +49,7 @@ class HealthSnapshot:
     tracker_available: bool = False
     tracker_error: str = ""
     energy_source: str = ""
+    energy_source_degraded: str = ""  # e.g. "codecarbon unavailable (...); using cpu_load_tdp"
     energy_method: dict[str, str] = field(default_factory=dict)
     estimated: bool = True
     intensity_g_per_kwh: float = 0.0
@@ -97,6 +99,7 @@ def build_health(
         version=info.version, project=info.project, env=info.env, interval_s=info.interval_s,
         started_at=info.started_at,
         tracker_available=source.available, tracker_error=source.error, energy_source=source.name,
+        energy_source_degraded=source.degraded,
         energy_method=dict(last.energy_method) if last else {},
         estimated=last.estimated if last else True,
         intensity_g_per_kwh=intensity.grams_per_kwh, intensity_source=intensity.source,

@@ -14,7 +14,7 @@ from typing import Any
 COMPONENTS: tuple[str, ...] = ("cpu", "ram", "gpu")
 JOULES_PER_KWH = 3_600_000.0
 # Methods that read a hardware energy counter; everything else is an estimate.
-MEASURED_METHODS = frozenset({"rapl", "nvml"})
+MEASURED_METHODS = frozenset({"rapl", "nvml", "codecarbon_rapl", "codecarbon_nvml"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +38,7 @@ class DeviceInfo:
     kind: str  # "gpu", "package", "dram"
     index: int  # NVML index for a GPU; package (or zone) number for RAPL
     name: str  # product name for a GPU; zone name for RAPL
+    component: str  # the record component its energy goes to: "cpu", "ram" or "gpu"
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +73,9 @@ class Totals:
     seq: int = 0
     energy_j: dict[str, float] = field(default_factory=lambda: dict.fromkeys(COMPONENTS, 0.0))
     emissions_g: dict[str, float] = field(default_factory=lambda: dict.fromkeys(COMPONENTS, 0.0))
+
+    def copy(self) -> Totals:
+        return Totals(self.seq, dict(self.energy_j), dict(self.emissions_g))
 
     def to_dict(self) -> dict[str, Any]:
         return {"seq": self.seq, "energy_j": dict(self.energy_j), "emissions_g": dict(self.emissions_g)}

@@ -137,9 +137,10 @@ class _SnapshotCollector(Collector):
         method = format_methods(h.energy_method)
         info = GaugeMetricFamily(
             "tta_carbon_build_info", "Version and how figures are obtained; value is always 1.",
-            labels=["version", "energy_source", "energy_method", "intensity_source", "project", "env"],
+            labels=["version", "energy_source", "energy_method", "intensity_source", "project", "env", "degraded"],
         )
-        info.add_metric([h.version, h.energy_source or "none", method, h.intensity_source or "none", h.project, h.env], 1)
+        info.add_metric([h.version, h.energy_source or "none", method, h.intensity_source or "none", h.project, h.env,
+                         "true" if h.energy_source_degraded else "false"], 1)
         yield info
 
 

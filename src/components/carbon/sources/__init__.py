@@ -10,7 +10,7 @@ from typing import Protocol
 
 from src.components.carbon.record import DeviceInfo, IntervalEnergy
 
-__all__ = ["DeviceInfo", "EnergySource", "ReadAtIntervalEnd"]
+__all__ = ["DeviceInfo", "EnergySource", "SourceDefaults"]
 
 
 class EnergySource(Protocol):
@@ -31,6 +31,13 @@ class EnergySource(Protocol):
     def devices(self) -> tuple[DeviceInfo, ...]:
         """The devices measured, in a stable order; their keys are ``IntervalEnergy.devices``' keys."""
 
+    @property
+    def degradation(self) -> str:
+        """"" while the source measures as intended; else one line saying what it fell back to and why."""
+
+    def recover(self) -> None:
+        """Try again what degraded (on SIGHUP). Never raises; a no-op for sources that cannot degrade."""
+
     def read_interval(self) -> IntervalEnergy:
         """Energy since the previous call (or since open)."""
 
@@ -38,12 +45,16 @@ class EnergySource(Protocol):
         """Energy since the last read (the tail), then release resources."""
 
 
-class ReadAtIntervalEnd:
-    """The trivial part of EnergySource, for sources that are read only when an interval ends
-    and list no devices (the CPU-load estimate, codecarbon's tracker)."""
+class SourceDefaults:
+    """The trivial members of EnergySource, for a source to inherit and override what it needs:
+    no sampling between intervals, no devices, never degraded."""
 
     max_sample_interval_s: float | None = None
     devices: tuple[DeviceInfo, ...] = ()
+    degradation: str = ""
 
     def sample(self) -> None:
         """Nothing to fold between intervals."""
+
+    def recover(self) -> None:
+        """Nothing can degrade."""

@@ -18,7 +18,7 @@ import time
 from typing import Any
 
 from src.components.carbon.record import JOULES_PER_KWH, ComponentEnergy, IntervalEnergy, SourceUnavailable
-from src.components.carbon.sources import ReadAtIntervalEnd
+from src.components.carbon.sources import SourceDefaults
 
 # Long enough that codecarbon's own scheduler never fires, short enough for threading.Timer.
 _PARKED_MEASURE_SECS = 10**8
@@ -61,7 +61,7 @@ class _DeltaCollector:
         return taken
 
 
-class CodecarbonSource(ReadAtIntervalEnd):
+class CodecarbonSource(SourceDefaults):
     name = "codecarbon"
 
     def __init__(
@@ -69,8 +69,9 @@ class CodecarbonSource(ReadAtIntervalEnd):
         country_iso_code: str,
         project_name: str,
         output_dir: str,
-        cpu_method: str = "cpu_load_tdp",
+        cpu_method: str = "codecarbon_cpu_load",
         recycle_after_s: float = DEFAULT_RECYCLE_S,
+        components: tuple[str, ...] = ("cpu", "ram", "gpu"),
     ) -> None:
         self._country = country_iso_code
         self._project = project_name
@@ -81,6 +82,7 @@ class CodecarbonSource(ReadAtIntervalEnd):
         self._started_at = 0.0
         self._gpu_count = 0
         self.cpu_method = cpu_method
+        self.components = components  # what codecarbon reports here; the rest comes from our readers
         self.hardware: dict[str, Any] = {}
 
     def open(self) -> None:
@@ -92,6 +94,9 @@ class CodecarbonSource(ReadAtIntervalEnd):
 
     def _start_tracker(self) -> None:
         from codecarbon import OfflineEmissionsTracker
+        # The first flush() would import this (and requests) lazily: ~0.2 s inside the
+        # measurement loop. Import it here instead, where start-up cost already is.
+        import codecarbon.external.geography  # noqa: F401
 
         _quiet_codecarbon_logger()
         try:
@@ -116,15 +121,18 @@ class CodecarbonSource(ReadAtIntervalEnd):
         self._tracker = tracker
         self._started_at = time.monotonic()
 
-    def _energy(self, cpu_kwh: float, ram_kwh: float, gpu_kwh: float) -> IntervalEnergy:
-        components = {
-            "cpu": ComponentEnergy(cpu_kwh * JOULES_PER_KWH, self.cpu_method),
-            # codecarbon models RAM as watts per DIMM slot: an estimate, whatever the CPU method.
-            "ram": ComponentEnergy(ram_kwh * JOULES_PER_KWH, "constant"),
-        }
+    @property
+    def methods(self) -> dict[str, str]:
+        """The energy_method label of each component codecarbon reports here."""
+        # codecarbon models RAM as watts per DIMM slot: an estimate, whatever the CPU method.
+        labels = {"cpu": self.cpu_method, "ram": "codecarbon_ram_model"}
         if self._gpu_count:
-            components["gpu"] = ComponentEnergy(gpu_kwh * JOULES_PER_KWH, "nvml")
-        return IntervalEnergy(components)
+            labels["gpu"] = "codecarbon_nvml"
+        return {c: m for c, m in labels.items() if c in self.components}
+
+    def _energy(self, cpu_kwh: float, ram_kwh: float, gpu_kwh: float) -> IntervalEnergy:
+        kwh = {"cpu": cpu_kwh, "ram": ram_kwh, "gpu": gpu_kwh}
+        return IntervalEnergy({c: ComponentEnergy(kwh[c] * JOULES_PER_KWH, m) for c, m in self.methods.items()})
 
     def read_interval(self) -> IntervalEnergy:
         if self._tracker is None:

@@ -15,8 +15,19 @@ class CompositeSource:
         if not parts:
             raise ValueError("CompositeSource needs at least one part")
         self.parts = parts
-        self.name = "+".join(p.name for p in parts)  # e.g. "rapl+nvml"
         self._carry: list[IntervalEnergy] = []  # readings of parts that succeeded in a failed interval
+
+    @property
+    def name(self) -> str:
+        return "+".join(p.name for p in self.parts)  # e.g. "rapl+nvml"; a part's name may change (fallback)
+
+    @property
+    def degradation(self) -> str:
+        return "; ".join(p.degradation for p in self.parts if p.degradation)
+
+    def recover(self) -> None:
+        for part in self.parts:
+            part.recover()
 
     def open(self) -> None:
         opened: list[EnergySource] = []

@@ -1,16 +1,15 @@
-"""CPU-load x TDP estimate, for machines without readable energy counters.
+"""CPU-load x TDP estimate: codecarbon's model without codecarbon's tracker.
 
-The same model codecarbon uses in its machine-wide ``cpu_load`` mode
-(power = TDP x (0.1 + 0.9 x load^3), RAM = watts per estimated DIMM), computed
-from ``/proc/stat`` deltas once per interval instead of a 1 Hz sampling thread,
-and without constructing codecarbon's tracker (its hardware probing alone costs
-~1.4 s and ~55 MB). The TDP comes from the setting ``cpu_tdp_watts``, else from
-codecarbon's bundled CPU table, else codecarbon's default of 4 W per thread;
-every record says which (``energy_assumptions``).
-
-Because load is averaged over the whole interval before the cubic is applied,
-bursty loads come out lower than with per-second sampling. Both are estimates
-and are labelled as such; measure with RAPL where you need exact figures.
+The model of codecarbon's machine-wide ``cpu_load`` mode (power = TDP x (0.1 + 0.9 x
+load^3), RAM = watts per estimated DIMM), sampled the way codecarbon samples it: the
+load over each second, from ``/proc/stat`` (the daemon calls :meth:`CpuLoadTdpSource.sample`
+every ``max_sample_interval_s``), each second's power weighted by its length. It skips
+the tracker's hardware probing (~1.4 s and ~55 MB), which is why ``energy_source:
+cpu_load_tdp`` is the lean mode and why the default falls back to it when codecarbon
+cannot run. The TDP comes from the setting ``cpu_tdp_watts``, else from codecarbon's
+bundled CPU table (matched as codecarbon matches), else codecarbon's default of 4 W per
+thread; every record says which (``energy_assumptions``). An estimate either way: measure
+with RAPL where you need exact figures.
 """
 
 from __future__ import annotations
@@ -19,29 +18,27 @@ import csv
 import io
 import os
 import re
+import threading
 import time
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 from src.components.carbon.record import ComponentEnergy, IntervalEnergy, SourceUnavailable
 from src.components.carbon.reference_data import codecarbon_data_file
-from src.components.carbon.sources import ReadAtIntervalEnd
 from src.components.carbon.sources.procstat import read_cpu_ticks
+from src.components.carbon.sources import SourceDefaults
 
 DEFAULT_WATTS_PER_THREAD = 4.0  # codecarbon's fallback for CPUs missing from its table
 IDLE_FRACTION = 0.1
 RAM_WATTS_PER_DIMM = 5.0  # codecarbon's x86 figure (RAM_SLOT_POWER_X86)
-_NOISE = re.compile(r"\(r\)|\(tm\)|\bcpu\b|@.*$|\b\d+-core\b|\bprocessor\b", re.IGNORECASE)
+DEFAULT_SAMPLE_INTERVAL_S = 1.0  # codecarbon's monitor thread samples load once a second
 
 
 @dataclass(frozen=True)
 class Assumption:
     watts: float
     basis: str  # one line: where the figure comes from
-
-
-def _tokens(name: str) -> frozenset[str]:
-    return frozenset(_NOISE.sub(" ", name).lower().split())
 
 
 def cpu_model(proc_root: Path = Path("/proc")) -> tuple[str, int]:
@@ -60,31 +57,57 @@ def cpu_model(proc_root: Path = Path("/proc")) -> tuple[str, int]:
     return model, max(1, len(packages))
 
 
-def lookup_tdp(model: str) -> float | None:
-    """TDP per package from codecarbon's table: an exact name, or one unique token-subset match.
-
-    Like codecarbon's non-greedy matching: an ambiguous match gives no answer rather than a wrong one.
-    """
+@lru_cache(maxsize=1)
+def _cpu_table() -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(names, TDP strings) of codecarbon's CPU table, in file order; empty without codecarbon."""
     table_path = codecarbon_data_file("hardware/cpu_power.csv")
-    if not model or table_path is None:
+    if table_path is None:
+        return (), ()
+    rows = [(row["Name"], row["TDP"]) for row in csv.DictReader(io.StringIO(table_path.read_text()))
+            if row.get("Name") is not None]
+    return tuple(n for n, _ in rows), tuple(t for _, t in rows)
+
+
+def lookup_tdp(model: str) -> float | None:
+    """TDP per package from codecarbon's table, matched exactly as codecarbon matches it.
+
+    codecarbon (core/cpu.py, ``TDP._get_matching_cpu``, non-greedy): a case-insensitive exact
+    name; then the same after removing "(R)", " CPU @ ..." and " @ N.NNGHz"; then a token-set
+    match (one name's tokens contained in the other's), accepted only when exactly one row
+    matches. tests/unit/test_cpu_estimate.py checks every row of the table against codecarbon.
+    """
+    names, tdps = _cpu_table()
+    if not model or not names:
         return None
-    table = table_path.read_text()
-    wanted = _tokens(model)
-    exact, partial = None, []
-    for row in csv.DictReader(io.StringIO(table)):
-        try:
-            name, tdp = row["Name"], float(row["TDP"])
-        except (TypeError, ValueError):
-            continue  # the bundled table has a few malformed rows ("27.29.5")
-        if name.lower() == model.lower():
-            exact = tdp
-            break
-        tokens = _tokens(name)
-        if tokens and (tokens <= wanted or wanted <= tokens):
-            partial.append(tdp)
-    if exact is not None:
-        return exact
-    return partial[0] if len(set(partial)) == 1 else None
+    try:
+        from rapidfuzz import fuzz, process, utils
+    except ImportError:  # codecarbon's own dependency: absent only with a broken codecarbon install
+        return None
+
+    def exact(query: str) -> int | None:
+        hit = process.extractOne(query, names, processor=str.lower, scorer=fuzz.ratio, score_cutoff=100)
+        return hit[2] if hit else None
+
+    index = exact(model)
+    if index is None:
+        stripped = model.replace("(R)", "")
+        cut = stripped.find(" CPU @ ")
+        if cut > 0:
+            stripped = stripped[:cut]
+        stripped = re.sub(r" @\s*\d+\.\d+GHz", "", stripped.replace(" CPU", ""))
+        index = exact(stripped)
+        if index is None:
+            hits = process.extract(stripped, names, processor=utils.default_process, scorer=fuzz.token_set_ratio,
+                                   score_cutoff=100)
+            if hits and (len(hits) == 1 or hits[0][1] != hits[1][1]):
+                index = hits[0][2]
+    if index is None:
+        return None
+    first = names.index(names[index])  # codecarbon takes the first row with that name
+    try:
+        return float(tdps[first])
+    except ValueError:  # the bundled table has a few malformed rows ("27.29.5"); codecarbon fails on them too
+        return None
 
 
 def estimate_dimms(total_gb: float) -> int:
@@ -109,25 +132,67 @@ def ram_power(dimms: int) -> float:
     return max(2 * RAM_WATTS_PER_DIMM, watts)
 
 
-class CpuLoadTdpSource(ReadAtIntervalEnd):
+class CpuLoadTdpSource(SourceDefaults):
+    """codecarbon's CPU-load model, sampled like codecarbon: load over each second, power = TDP x
+    (0.1 + 0.9 x load^3), integrated over the interval. RAM is a constant (codecarbon's DIMM model).
+
+    ``components`` limits what is reported (``("ram",)`` when RAPL measures the CPU, say).
+    """
+
     name = "cpu_load_tdp"
 
     def __init__(
-        self, cpu_tdp_watts: float | None = None, ram_watts: float | None = None, proc_root: Path = Path("/proc")
+        self,
+        cpu_tdp_watts: float | None = None,
+        ram_watts: float | None = None,
+        proc_root: Path = Path("/proc"),
+        components: tuple[str, ...] = ("cpu", "ram"),
+        sample_interval_s: float = DEFAULT_SAMPLE_INTERVAL_S,
     ) -> None:
         self._proc = proc_root
         self._tdp_setting = cpu_tdp_watts
         self._ram_setting = ram_watts
+        self.components = components
+        self._sample_interval_s = sample_interval_s
         self._last: tuple[int, int] | None = None
         self._last_mono = 0.0
+        self._pending_cpu_j = 0.0
+        self._pending_s = 0.0
+        self._lock = threading.Lock()  # AutoSource may close it from its tracker thread
         self.cpu = Assumption(0.0, "")
         self.ram = Assumption(0.0, "")
 
     def open(self) -> None:
-        self._last = self._read_stat()
-        self._last_mono = time.monotonic()
+        last = self._read_stat()
+        with self._lock:
+            self._last, self._last_mono = last, time.monotonic()
+            self._pending_cpu_j = self._pending_s = 0.0
         self.cpu = self._cpu_assumption()
         self.ram = self._ram_assumption()
+
+    @property
+    def max_sample_interval_s(self) -> float | None:
+        """Load is sampled every second, as codecarbon does: for a cubic, the mean of the cubes is
+        not the cube of the mean, so one load figure per interval under-reads bursty loads."""
+        return self._sample_interval_s if "cpu" in self.components else None
+
+    def sample(self) -> None:
+        with self._lock:
+            self._fold()
+
+    def read_interval(self) -> IntervalEnergy:
+        with self._lock:
+            self._fold()
+            return self._drain()
+
+    def close(self) -> IntervalEnergy:
+        with self._lock:
+            if self._last is None:
+                return IntervalEnergy({})
+            self._fold()
+            energy = self._drain()
+            self._last = None
+            return energy
 
     def _cpu_assumption(self) -> Assumption:
         if self._tdp_setting is not None:
@@ -169,26 +234,26 @@ class CpuLoadTdpSource(ReadAtIntervalEnd):
             raise SourceUnavailable(f"{self._proc / 'stat'}: unexpected first line") from None
         return ticks.busy, ticks.total
 
-    def _interval(self) -> IntervalEnergy:
+    def _fold(self) -> None:
+        """Add the power since the last sample, at this sample's load, to the pending energy."""
         if self._last is None:
             raise RuntimeError("source is not open")
         busy, total = self._read_stat()
         now = time.monotonic()
         d_busy, d_total = busy - self._last[0], total - self._last[1]
-        elapsed = now - self._last_mono
+        elapsed = max(0.0, now - self._last_mono)
         self._last, self._last_mono = (busy, total), now
         load = min(1.0, max(0.0, d_busy / d_total)) if d_total > 0 else 0.0
-        cpu_w = self.cpu.watts * (IDLE_FRACTION + (1 - IDLE_FRACTION) * load**3)
-        return IntervalEnergy(
-            {"cpu": ComponentEnergy(cpu_w * elapsed, "cpu_load_tdp"),
-             "ram": ComponentEnergy(self.ram.watts * elapsed, "constant")},
-            assumptions={"cpu": self.cpu.basis, "ram": self.ram.basis},
-        )
+        self._pending_cpu_j += self.cpu.watts * (IDLE_FRACTION + (1 - IDLE_FRACTION) * load**3) * elapsed
+        self._pending_s += elapsed
 
-    def read_interval(self) -> IntervalEnergy:
-        return self._interval()
-
-    def close(self) -> IntervalEnergy:
-        energy = self._interval()
-        self._last = None
-        return energy
+    def _drain(self) -> IntervalEnergy:
+        components, assumptions = {}, {}
+        if "cpu" in self.components:
+            components["cpu"] = ComponentEnergy(self._pending_cpu_j, "cpu_load_tdp")
+            assumptions["cpu"] = self.cpu.basis
+        if "ram" in self.components:
+            components["ram"] = ComponentEnergy(self.ram.watts * self._pending_s, "constant")
+            assumptions["ram"] = self.ram.basis
+        self._pending_cpu_j = self._pending_s = 0.0
+        return IntervalEnergy(components, assumptions=assumptions)

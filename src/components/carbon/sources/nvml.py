@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from src.components.carbon.record import ComponentEnergy, DeviceInfo, IntervalEnergy, SourceUnavailable
+from src.components.carbon.sources import SourceDefaults
 
 METHOD_COUNTER = "nvml"
 METHOD_POWER = "nvml_power"
@@ -56,7 +57,7 @@ class _Gpu:
     pending_j: float = 0.0  # power path: integrated but not yet returned
 
 
-class NvmlSource:
+class NvmlSource(SourceDefaults):
     """Energy per interval for every NVIDIA GPU NVML lists."""
 
     name = "nvml"
@@ -113,7 +114,7 @@ class NvmlSource:
     @property
     def devices(self) -> tuple[DeviceInfo, ...]:
         """One entry per GPU, in NVML index order: key ``gpu0``, kind ``gpu``, the product name."""
-        return tuple(DeviceInfo(g.key, "gpu", g.index, g.name) for g in self._require_open())
+        return tuple(DeviceInfo(g.key, "gpu", g.index, g.name, "gpu") for g in self._require_open())
 
     @property
     def methods(self) -> dict[str, str]:

@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from src.components.carbon.record import ComponentEnergy, DeviceInfo, IntervalEnergy, SourceUnavailable
+from src.components.carbon.sources import SourceDefaults
 
 DEFAULT_ROOT = Path("/sys/class/powercap")
 CONTROL_TYPE = "intel-rapl"
@@ -67,7 +68,7 @@ class _Zone:
     pending_uj: int = 0  # sampled but not yet returned by read_interval
 
 
-class RaplSource:
+class RaplSource(SourceDefaults):
     """Energy per interval from RAPL counters. Integer µJ inside, float joules out."""
 
     name = "rapl"
@@ -163,6 +164,14 @@ def rapl_readable(root: Path = DEFAULT_ROOT) -> tuple[bool, str]:
     return True, "RAPL readable: " + ", ".join(z.key for z in zones)
 
 
+def rapl_components(root: Path = DEFAULT_ROOT) -> frozenset[str]:
+    """The record components RAPL measures here: {"cpu"}, {"cpu", "ram"} with a DRAM zone, or none."""
+    try:
+        return frozenset(z.component for z in _discover(Path(root)))
+    except SourceUnavailable:
+        return frozenset()
+
+
 # -- discovery and reading --------------------------------------------------------
 
 
@@ -182,13 +191,13 @@ def _discover(root: Path) -> list[_Zone]:
             name = _read_text(top / "name")
             number = int(_TOP.fullmatch(top.name).group(1))  # type: ignore[union-attr]  (_numbered matched it)
             if name.startswith("package-"):
-                zones.append(_make_zone(DeviceInfo(name, "package", number, name), "cpu", top))
+                zones.append(_make_zone(DeviceInfo(name, "package", number, name, "cpu"), top))
                 for sub in _numbered(top, _SUB):
                     # core/uncore are inside the package: skipping them avoids double counting.
                     if _read_text(sub / "name") == "dram":
-                        zones.append(_make_zone(DeviceInfo(f"{name}/dram", "dram", number, "dram"), "ram", sub))
+                        zones.append(_make_zone(DeviceInfo(f"{name}/dram", "dram", number, "dram", "ram"), sub))
             elif name == "dram":
-                zones.append(_make_zone(DeviceInfo(name, "dram", number, name), "ram", top))
+                zones.append(_make_zone(DeviceInfo(name, "dram", number, name, "ram"), top))
             # psys and anything unknown: not added (psys contains the packages).
     except PermissionError as exc:
         raise SourceUnavailable(
@@ -204,11 +213,11 @@ def _discover(root: Path) -> list[_Zone]:
     return zones
 
 
-def _make_zone(device: DeviceInfo, component: str, path: Path) -> _Zone:
+def _make_zone(device: DeviceInfo, path: Path) -> _Zone:
     max_range = _read_int(path / "max_energy_range_uj")
     if max_range <= 0:
         raise ValueError(f"{path / 'max_energy_range_uj'} is {max_range}, expected > 0")
-    zone = _Zone(key=device.key, component=component, energy_path=path / "energy_uj", period_uj=max_range + 1,
+    zone = _Zone(key=device.key, component=device.component, energy_path=path / "energy_uj", period_uj=max_range + 1,
                  device=device)
     # Reading now proves the counter is readable and sets the baseline.
     zone.last_uj = _read_int(zone.energy_path)

@@ -9,8 +9,9 @@ from src.components.carbon.sources import EnergySource
 from src.components.carbon.sources.codecarbon_tracker import CodecarbonSource
 from src.components.carbon.sources.composite import CompositeSource
 from src.components.carbon.sources.cpu_estimate import CpuLoadTdpSource
+from src.components.carbon.sources.fallback import FallbackSource
 from src.components.carbon.sources.nvml import NvmlSource, nvml_available
-from src.components.carbon.sources.rapl import RaplSource, rapl_readable
+from src.components.carbon.sources.rapl import RaplSource, rapl_components, rapl_readable
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,37 +29,70 @@ class SourceSettings:
 
 
 def select_source(settings: SourceSettings) -> tuple[EnergySource, str]:
-    """Return the source and a one-line reason for the choice.
+    """Return the source and a one-line reason for the choice (docs/energy-sources.md).
 
-    ``auto`` prefers our own RAPL reader: it is exact and costs one read per
-    zone per interval. Without a readable RAPL tree (VMs, or energy_uj still
-    root-only) it falls back to the CPU-load x TDP estimate computed from
-    /proc/stat, which is codecarbon's model without the cost of running
-    codecarbon's tracker (docs/energy-sources.md has the figures).
-    ``codecarbon`` runs codecarbon's EmissionsTracker itself (GPUs included, its way).
+    ``auto`` (the default) runs codecarbon's EmissionsTracker for what our own readers do not
+    measure: readable RAPL counters give the CPU (and RAM where a DRAM zone exists), NVML the
+    GPUs, and codecarbon the rest. Where codecarbon cannot run, the CPU-load estimate takes its
+    place (graceful degradation, see sources/fallback.py). ``rapl`` and ``cpu_load_tdp`` are the
+    lean readers alone; ``codecarbon`` runs codecarbon's tracker for everything, its own way.
 
-    ``gpu`` adds NVIDIA GPUs through NVML to the RAPL / cpu_load_tdp source: ``auto``
-    when NVML initialises and lists at least one GPU, ``on`` always (the source is then
-    unavailable without NVML), ``off`` never. See docs/gpu.md.
+    ``gpu`` adds NVIDIA GPUs through NVML: ``auto`` when NVML initialises and lists at least
+    one GPU, ``on`` always (the source is then unavailable without NVML), ``off`` never.
     """
+    if settings.energy_source == "auto":
+        return _auto_source(settings)
     cpu, reason = _cpu_source(settings)
-    if settings.energy_source == "codecarbon" or settings.gpu == "off":
+    if settings.energy_source == "codecarbon":
         return cpu, reason
-    if settings.gpu == "auto":
-        present, why = nvml_available()
-        if not present:
-            return cpu, f"{reason}; no GPU ({why})"
-        return CompositeSource(cpu, NvmlSource()), f"{reason}; {why}"
-    return CompositeSource(cpu, NvmlSource()), f"{reason}; NVML (gpu: on)"
+    gpu, why = _gpu_source(settings)
+    return (cpu, reason) if gpu is None else (CompositeSource(cpu, gpu), f"{reason}; {why}")
+
+
+def _gpu_source(s: SourceSettings) -> tuple[NvmlSource | None, str]:
+    if s.gpu == "off":
+        return None, "gpu: off"
+    if s.gpu == "on":
+        return NvmlSource(), "NVML (gpu: on)"
+    present, why = nvml_available()
+    return (NvmlSource(), why) if present else (None, f"no GPU ({why})")
+
+
+def _auto_source(s: SourceSettings) -> tuple[EnergySource, str]:
+    parts: list[EnergySource] = []
+    reasons: list[str] = []
+    measured = rapl_components(s.powercap_root)
+    if measured:
+        parts.append(RaplSource(s.powercap_root))
+        reasons.append(f"RAPL counters under {s.powercap_root} for {', '.join(sorted(measured))}")
+    gpu, why = _gpu_source(s)
+    if gpu is not None:
+        parts.append(gpu)
+        measured |= {"gpu"}
+    reasons.append(why)
+    rest = tuple(c for c in ("cpu", "ram") if c not in measured)
+    if rest:
+        cc_components = rest if "gpu" in measured or s.gpu == "off" else (*rest, "gpu")
+        fallback = CpuLoadTdpSource(s.cpu_tdp_watts, s.ram_watts, components=rest)
+
+        def make_tracker() -> CodecarbonSource:
+            return CodecarbonSource(s.country_iso_code, s.project_name, str(s.codecarbon_dir),
+                                    components=cc_components)
+
+        # Last: counters are read first, right at the interval boundary; codecarbon's flush() after them.
+        parts.append(FallbackSource(make_tracker, fallback, labels=lambda tracker: tracker.methods))
+        reasons.insert(0, f"codecarbon EmissionsTracker for {', '.join(rest)} (CPU-load estimate until it runs, "
+                          "and if it cannot)")
+    source = parts[0] if len(parts) == 1 else CompositeSource(*parts)
+    return source, "; ".join(reasons)
 
 
 def _cpu_source(s: SourceSettings) -> tuple[EnergySource, str]:
     readable, why = rapl_readable(s.powercap_root)
-    if s.energy_source == "rapl" or (s.energy_source == "auto" and readable):
+    if s.energy_source == "rapl":
         return RaplSource(s.powercap_root), f"RAPL counters under {s.powercap_root}"
     if s.energy_source == "codecarbon":
-        cpu_method = "rapl" if readable else "cpu_load_tdp"
+        cpu_method = "codecarbon_rapl" if readable else "codecarbon_cpu_load"
         source = CodecarbonSource(s.country_iso_code, s.project_name, str(s.codecarbon_dir), cpu_method=cpu_method)
         return source, "codecarbon EmissionsTracker (configured)"
-    reason = "configured" if s.energy_source == "cpu_load_tdp" else f"no readable RAPL ({why})"
-    return CpuLoadTdpSource(s.cpu_tdp_watts, s.ram_watts), f"CPU-load x TDP estimate: {reason}"
+    return CpuLoadTdpSource(s.cpu_tdp_watts, s.ram_watts), "CPU-load x TDP estimate (configured)"
