@@ -122,8 +122,9 @@ class TTAConfig(BaseSettings):
         None, description="CSV of `hour,g_per_kwh` (24 UTC hours) or `timestamp,g_per_kwh` (RFC 3339 steps); "
                           "validated at load, see docs/intensity.md")
     energy_source: Literal["auto", "rapl", "cpu_load_tdp", "codecarbon"] = Field(
-        "auto", description="`auto` (RAPL if readable, else the CPU-load x TDP estimate), `rapl`, `cpu_load_tdp`, "
-                            "`codecarbon` (run codecarbon's EmissionsTracker); see docs/energy-sources.md")
+        "auto", description="`auto` (codecarbon's EmissionsTracker; our RAPL/NVML readers where they measure; "
+                            "our CPU-load estimate if codecarbon cannot run), `rapl`, `cpu_load_tdp` (lean, no "
+                            "codecarbon), `codecarbon` (codecarbon's tracker for everything); see docs/energy-sources.md")
     cpu_tdp_watts: float | None = Field(None, gt=0, le=5000, allow_inf_nan=False,
                                         description="TDP in W for the estimate; unset = codecarbon's CPU table, "
                                                     "else 4 W per thread")

@@ -43,3 +43,17 @@ def test_degraded_then_sighup_after_the_install_is_fixed_runs_codecarbon(daemon_
     ram_w = [r["power_w"]["ram"] for r in records[1:-1]]
     assert max(ram_w) == pytest.approx(min(ram_w), rel=0.02), ram_w
     assert rec["energy_method"] == {"cpu": "codecarbon_cpu_load", "ram": "codecarbon_ram_model"}
+
+
+def test_attribution_and_metrics_on_top_of_the_default(daemon_factory):
+    """Per-unit attribution, the ledger's totals and /metrics work unchanged on codecarbon's figures."""
+    d = daemon_factory().start()
+    rec = d.wait_for_codecarbon()
+    assert rec["units"] and sum(u["energy_j"] for u in rec["units"].values()) == rec["energy_j"]["total"]
+    assert rec["attribution"]["cpu"] == "cpu_time_share"
+    page = urllib.request.urlopen(d.url(), timeout=5).read().decode()
+    assert 'tta_carbon_unit_energy_joules_total{unit="unattributed"}' in page
+    assert d.stop() == 0
+    records = d.records()
+    assert records[-1]["totals"]["energy_j"]["total"] == pytest.approx(
+        sum(r["energy_j"]["total"] for r in records), rel=1e-12)
