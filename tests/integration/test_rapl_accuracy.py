@@ -83,3 +83,33 @@ def test_default_without_dram_zone_measures_cpu_by_rapl_and_ram_by_codecarbon(da
     assert sum(r["energy_j"]["cpu"] for r in records) == pytest.approx(programmed_cpu, rel=0.005)
     ram_w = [r["power_w"]["ram"] for r in records[1:-1]]
     assert max(ram_w) == pytest.approx(min(ram_w), rel=0.01)  # one constant model throughout, no gap or overlap
+
+
+def test_default_on_rapl_across_kill9_and_restart(daemon_factory, tmp_path):
+    """kill -9 mid-run, restart: every record still carries the programmed power (the restarted reader takes a
+    fresh baseline, so the downtime is neither counted nor smeared into the next record), totals continue."""
+    with FakeRapl(tmp_path / "powercap", packages=2, dram=True, max_energy_range_uj=100_000_000) as fake:
+        fake.start_live({"package-0": 30.0, "package-1": 12.0, "package-0/dram": 4.0, "package-1/dram": 3.0})
+        settings = {"powercap_root": str(fake.root), "gpu": "off"}
+        d = daemon_factory("a", interval=2.0, settings=settings).start()
+        d.wait_for_records(3)
+        d.proc.send_signal(signal.SIGKILL)
+        assert d.stop() == -signal.SIGKILL
+        time.sleep(1.0)  # down for a while: the counters advance meanwhile
+        d = daemon_factory("a", interval=2.0, settings=settings).start()
+        d.wait_for_records(len(d.records()) + 3)
+        assert d.stop() == 0
+    records = d.records()
+    assert len({r["run_id"] for r in records}) == 2
+    assert [r["seq"] for r in records] == list(range(1, len(records) + 1))
+    assert all(r["energy_method"] == {"cpu": "rapl", "ram": "rapl"} for r in records)
+    full = [r for r in records if not r["final"] and r["seq"] != 1 and r["duration_s"] > 1.5]
+    first_of_second_run = next(r for r in records if r["run_id"] == records[-1]["run_id"])
+    full = [r for r in full if r is not first_of_second_run]  # each run's first interval starts before a read
+    for r in full:
+        assert r["power_w"]["cpu"] == pytest.approx(42.0, rel=0.01), r
+        assert r["power_w"]["ram"] == pytest.approx(7.0, rel=0.01), r
+    got = sum(r["energy_j"]["cpu"] for r in records)
+    want = 42.0 * sum(r["duration_s"] for r in records)
+    assert got == pytest.approx(want, rel=0.005)
+    assert records[-1]["totals"]["energy_j"]["cpu"] == pytest.approx(got, rel=1e-12)

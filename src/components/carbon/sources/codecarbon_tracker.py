@@ -72,6 +72,8 @@ class CodecarbonSource(SourceDefaults):
         cpu_method: str = "codecarbon_cpu_load",
         recycle_after_s: float = DEFAULT_RECYCLE_S,
         components: tuple[str, ...] = ("cpu", "ram", "gpu"),
+        cpu_tdp_watts: float | None = None,
+        ram_watts: float | None = None,
     ) -> None:
         self._country = country_iso_code
         self._project = project_name
@@ -83,6 +85,9 @@ class CodecarbonSource(SourceDefaults):
         self._gpu_count = 0
         self.cpu_method = cpu_method
         self.components = components  # what codecarbon reports here; the rest comes from our readers
+        # Our cpu_tdp_watts / ram_watts settings, as codecarbon's own overrides (its force_* arguments).
+        self._forced = {k: v for k, v in (("force_cpu_power", cpu_tdp_watts), ("force_ram_power", ram_watts))
+                        if v is not None}
         self.hardware: dict[str, Any] = {}
 
     def open(self) -> None:
@@ -111,6 +116,7 @@ class CodecarbonSource(SourceDefaults):
                 allow_multiple_runs=True,  # False would install its own SIGTERM handler
                 tracking_mode="machine",
                 log_level="error",
+                **self._forced,
             )
             _quiet_codecarbon_logger()
             tracker.start()

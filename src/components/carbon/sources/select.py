@@ -77,7 +77,7 @@ def _auto_source(s: SourceSettings) -> tuple[EnergySource, str]:
 
         def make_tracker() -> CodecarbonSource:
             return CodecarbonSource(s.country_iso_code, s.project_name, str(s.codecarbon_dir),
-                                    components=cc_components)
+                                    components=cc_components, cpu_tdp_watts=s.cpu_tdp_watts, ram_watts=s.ram_watts)
 
         # Last: counters are read first, right at the interval boundary; codecarbon's flush() after them.
         parts.append(FallbackSource(make_tracker, fallback, labels=lambda tracker: tracker.methods))
@@ -93,6 +93,7 @@ def _cpu_source(s: SourceSettings) -> tuple[EnergySource, str]:
         return RaplSource(s.powercap_root), f"RAPL counters under {s.powercap_root}"
     if s.energy_source == "codecarbon":
         cpu_method = "codecarbon_rapl" if readable else "codecarbon_cpu_load"
-        source = CodecarbonSource(s.country_iso_code, s.project_name, str(s.codecarbon_dir), cpu_method=cpu_method)
+        source = CodecarbonSource(s.country_iso_code, s.project_name, str(s.codecarbon_dir), cpu_method=cpu_method,
+                                  cpu_tdp_watts=s.cpu_tdp_watts, ram_watts=s.ram_watts)
         return source, "codecarbon EmissionsTracker (configured)"
     return CpuLoadTdpSource(s.cpu_tdp_watts, s.ram_watts), "CPU-load x TDP estimate (configured)"
