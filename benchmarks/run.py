@@ -727,10 +727,14 @@ def _met(**met: bool | None) -> str:
 
 
 def row(metric: str, d: float | None, l: float | None, p: float | None, target: str = "info",
-        digits: int = 3, **met: bool | None) -> list[str]:
-    """One table row: default, lean, peer (None: not measured); ``met`` is default=/lean= (None: no target)."""
+        digits: int = 3, ratios: bool = True, **met: bool | None) -> list[str]:
+    """One table row: default, lean, peer (None: not measured); ``met`` is default=/lean= (None: no target).
+
+    ``ratios`` False for signed offsets, where a ratio to the peer means nothing.
+    """
     cell = lambda v: "—" if v is None else fmt(v, digits)  # noqa: E731
-    return [metric, cell(d), cell(l), cell(p), _ratio(d, p), _ratio(l, p), target, _met(**met)]
+    rd, rl = (_ratio(d, p), _ratio(l, p)) if ratios else ("—", "—")
+    return [metric, cell(d), cell(l), cell(p), rd, rl, target, _met(**met)]
 
 
 def build_table(st: dict[str, Any], so: dict[str, Any], sc: dict[str, Any],
@@ -750,7 +754,7 @@ def build_table(st: dict[str, Any], so: dict[str, Any], sc: dict[str, Any],
         row(f"start-up: exec -> first completed {iv} s interval (s) [peer: 2nd measurement line]",
             d["first"], l["first"], c["first"]),
         row(f"start-up: first record's interval_end - (start + {iv} s) (ms) [peer: 2nd - 1st line - {iv} s]",
-            d["grid_ms"], l["grid_ms"], c["grid_ms"], f"default |off| < {LATE_MS:g} ms",
+            d["grid_ms"], l["grid_ms"], c["grid_ms"], f"default |off| < {LATE_MS:g} ms", ratios=False,
             default=abs(d["grid_ms"]) < LATE_MS),
         row("start-up: exec -> first record measured by codecarbon's tracker (s) [default only]",
             d.get("tracker", float("nan")), None, None),
@@ -838,8 +842,9 @@ def notes(mode: Mode, st: dict[str, Any], so: dict[str, Any], sc: dict[str, Any]
         + ", ".join(f"{n}: {v:.1f} s" for n, v in tr.items() if v is not None)
         + f" after READY; window began {so['window_after_ready_s']:.1f} s after READY), then a "
         f"{so['elapsed']:.0f} s window. Steady CPU = median of {mode.subwindows} consecutive sub-window rates "
-        f"(default {sub['default']}, lean {sub['lean']}, peer {sub['peer']} CPU-s/h). Steady RSS = VmRSS at the "
-        "window end.",
+        f"(default {sub['default']}, lean {sub['lean']}, peer {sub['peer']} CPU-s/h; one clock tick in a "
+        f"sub-window is {3600 / CLK_TCK / (so['elapsed'] / mode.subwindows):.2f} CPU-s/h, the resolution of these "
+        "figures). Steady RSS = VmRSS at the window end.",
         f"- RSS growth per 30 simulated days: benchmarks/accelerated_soak.py drives each side's per-interval path "
         f"{ag['default']['intervals']:,} times back to back in its own process, all three at once (default and lean: "
         "CarbonComponent.measure_once() with `auto` resp. `cpu_load_tdp`, NDJSON and state on /dev/shm; the default "
