@@ -1,12 +1,19 @@
-"""/metrics has a hard bound on its per-unit series, whatever the host's units do (issue 13, item 1).
+"""/metrics has a hard bound on its samples, whatever the host's units do (issue 13, item 1).
 
 A real ``prometheus_client`` exposition from :class:`PrometheusSink`, fed real records
 (``Accountant`` + the attribution split), parsed back with prometheus_client's parser.
+The bound is checked against the ``sample_limit`` shipped in
+deploy/prometheus/prometheus.yml, read from the file: lowering the limit or growing
+the page makes this fail before Prometheus drops a real host's scrapes.
 """
 
 from __future__ import annotations
 
+import random
+from pathlib import Path
+
 import pytest
+import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from src.components.carbon.accounting import Accountant, Identity
@@ -23,10 +30,21 @@ from src.components.carbon.record import (
 )
 from src.components.carbon.sinks.prometheus import PrometheusSink, grace_in_records
 
+REPO = Path(__file__).resolve().parents[2]
+PROM_CONFIG = REPO / "deploy" / "prometheus" / "prometheus.yml"
+JOB = "tta-staging-carbon"
+UNIT_FAMILIES = ("tta_carbon_unit_energy_joules", "tta_carbon_unit_emissions_grams")
 HEALTH = HealthSnapshot(version="t", project="p", env="test", interval_s=5.0, started_at=0.0,
                         intensity_source="fixed", intensity_g_per_kwh=400.0)
 IDENTITY = Identity("run-1", None, "p", "test")
 INTENSITY = Intensity(400.0, "fixed", "FRA")
+GPUS = 8  # a DGX-class host
+
+
+def shipped_sample_limit() -> int:
+    cfg = yaml.safe_load(PROM_CONFIG.read_text())
+    (job,) = [j for j in cfg["scrape_configs"] if j["job_name"] == JOB]
+    return int(job["sample_limit"])
 
 
 def samples(page: bytes) -> list[tuple[str, dict[str, str], float]]:
@@ -69,6 +87,65 @@ class Host:
 def page_maximum(top_n: int, gpus: int) -> int:
     """docs/fleet.md section 4: 25 fixed samples, 2 x (2 x top_n + 2) unit samples, 2 per GPU."""
     return 25 + 2 * (2 * top_n + 2) + 2 * gpus
+
+
+@pytest.mark.parametrize("gpus", [0, GPUS], ids=["no-gpu", f"{GPUS}-gpus"])
+def test_60_busy_services_plus_churn_never_exceed_the_shipped_sample_limit(gpus: int) -> None:
+    limit = shipped_sample_limit()
+    sink = PrometheusSink()
+    host = Host(sink, gpus=gpus)
+    rng = random.Random(13)
+    busy = [f"svc-{i:02d}.service" for i in range(60)]
+    alive: dict[str, int] = {}  # short-lived unit -> intervals left
+    churned: set[str] = set()
+    counter = 0
+    worst = 0
+    for _ in range(300):
+        for u in [u for u, left in alive.items() if left <= 0]:
+            del alive[u]
+        for _ in range(3):  # 3 new transient units (timers, systemd-run) per interval
+            counter += 1
+            name = f"run-u{counter}.service"
+            alive[name] = rng.randint(1, 3)
+            churned.add(name)
+        cpu = {u: rng.uniform(0.05, 2.0) for u in busy}
+        # transients are often the busiest thing on the host: they take top-N places
+        cpu.update({u: rng.uniform(0.5, 4.0) for u in alive})
+        for u in alive:
+            alive[u] -= 1
+        host.step(cpu)
+        page = sink.page()
+        n = len(samples(page))
+        worst = max(worst, n)
+        assert n <= limit, f"{n} samples on the page, the shipped sample_limit is {limit}"
+        for fam in UNIT_FAMILIES:
+            values = unit_values(page, fam)
+            assert len(values) <= 2 * DEFAULT_TOP_N + 2
+            assert {OTHER, UNATTRIBUTED} <= set(values)
+    # the documented maximum is reached under this load, and is exact
+    assert worst == page_maximum(DEFAULT_TOP_N, gpus)
+
+    # churn stops: after the grace period no transient unit is left on the page
+    grace = sink.unit_grace_records
+    for i in range(grace + 1):
+        host.step({u: rng.uniform(0.05, 2.0) for u in busy})
+        if i < grace:
+            continue
+        shown = set(unit_values(sink.page()))
+        assert not shown & churned
+        assert shown <= set(busy) | {OTHER, UNATTRIBUTED}
+    assert len(samples(sink.page())) <= page_maximum(DEFAULT_TOP_N, gpus)
+
+
+def test_page_maximum_fits_the_shipped_sample_limit_with_headroom() -> None:
+    limit = shipped_sample_limit()
+    # 8 GPUs at the default top N leaves at least a third of the limit free
+    assert page_maximum(DEFAULT_TOP_N, GPUS) * 1.5 <= limit
+    # and the examples ship the same limit
+    for path in sorted((PROM_CONFIG.parent / "examples").glob("*.yml")):
+        for job in yaml.safe_load(path.read_text()).get("scrape_configs", []):
+            if job["job_name"] == JOB:
+                assert job["sample_limit"] == limit, path.name
 
 
 def test_a_gone_unit_stays_through_the_grace_period_then_leaves() -> None:
