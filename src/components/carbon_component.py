@@ -35,7 +35,7 @@ from src.components.carbon.record import (
 )
 from src.components.carbon.sinks.http_server import MetricsServer, Routes
 from src.components.carbon.sinks.ndjson import NdjsonSink
-from src.components.carbon.sinks.prometheus import CONTENT_TYPE, PrometheusSink
+from src.components.carbon.sinks.prometheus import CONTENT_TYPE, PrometheusSink, grace_in_records
 from src.components.carbon.sinks.web_config import BasicAuth
 from src.components.carbon.sources import EnergySource
 from src.components.carbon.sources.cgroups import CpuTimeSampler
@@ -72,7 +72,8 @@ class CarbonComponent:
         self._identity = self._make_identity()
         self._ledger = Ledger(s.state_dir, s.output_dir)
         self._ndjson = NdjsonSink(s.output_dir)
-        self._prometheus = PrometheusSink()
+        self._prometheus = PrometheusSink(
+            s.attribution.top_n, grace_in_records(s.attribution.metrics_grace_s, s.interval_s))
         self._chain: IntensityChain = build_chain(s.intensity)  # network-free until start()
         self._intensity: Intensity = self._chain.current(time.time())
         self._source: EnergySource | None = None

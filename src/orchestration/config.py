@@ -149,6 +149,10 @@ class TTAConfig(BaseSettings):
         (), description="globs; a matching cgroup is not a unit (its CPU time is `unattributed`)")
     attribution_top_n: int = Field(20, ge=0, le=1000,
                                    description="units that keep their name per record; the rest are summed as `other`")
+    metrics_unit_grace: float = Field(
+        120.0, ge=0, le=86400, allow_inf_nan=False,
+        description="seconds a unit's `tta_carbon_unit_*` series stays on /metrics after the last record naming it "
+                    "(at most 2 x `attribution_top_n` units are shown); see docs/attribution.md")
 
     _profile: ProfileProvider | None = PrivateAttr(None)
     _web_config: WebConfig = PrivateAttr(default_factory=WebConfig)
@@ -222,7 +226,8 @@ class TTAConfig(BaseSettings):
         # An empty value in an env file means "not set", as systemd operators expect.
         return None if isinstance(value, str) and value.strip() == "" else value
 
-    @field_validator("measurement_interval", "metrics_port", "intensity_g_per_kwh", mode="before")
+    @field_validator("measurement_interval", "metrics_port", "intensity_g_per_kwh", "metrics_unit_grace",
+                     mode="before")
     @classmethod
     def _number_not_bool(cls, value: Any) -> Any:
         # pydantic reads True as 1: `measurement_interval: yes` must not mean one second, nor `metrics_port: on` port 1.

@@ -78,6 +78,7 @@ def attribution_settings(config: TTAConfig) -> AttributionSettings:
     return AttributionSettings(
         enabled=config.attribution_enabled, cgroup_root=config.cgroup_root, proc_root=config.proc_root,
         include=config.attribution_include, exclude=config.attribution_exclude, top_n=config.attribution_top_n,
+        metrics_grace_s=config.metrics_unit_grace,
     )
 
 

@@ -46,7 +46,7 @@ def test_config_contents():
     (job,) = [j for j in cfg["scrape_configs"] if j["job_name"] == JOB]
     assert job["metrics_path"] == "/metrics"
     assert job["scrape_interval"] == "30s"
-    assert job["sample_limit"] == 100
+    assert job["sample_limit"] == 200  # docs/fleet.md section 4: page maximum 109 + 2 per GPU
     assert job["static_configs"][0]["targets"] == ["127.0.0.1:9880"]  # contract port, not 9090
     assert "9090" not in json.dumps(job)
     assert job["file_sd_configs"][0]["files"] == ["targets/tta-carbon-*.json"]
@@ -96,7 +96,7 @@ def test_example_configs(promtool, path):
     doc = yaml.safe_load(path.read_text())
     for job in doc["scrape_configs"]:
         if job["job_name"] == JOB:
-            assert job["sample_limit"] == 100 and job["metrics_path"] == "/metrics"
+            assert job["sample_limit"] == 200 and job["metrics_path"] == "/metrics"
 
 
 @pytest.mark.parametrize("path", RULE_FILES, ids=lambda p: p.name)

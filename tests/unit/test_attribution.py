@@ -382,6 +382,8 @@ def test_component_splits_each_interval_from_a_fixture_tree(tmp_path: Path) -> N
     }, environ={})
     assert cfg.attribution_include == ("system.slice/*.service", "system.slice/*.socket")
     comp = CarbonComponent(cfg)
+    # /metrics is bounded by the same top N; grace 120 s at 15 s = 8 records
+    assert (comp._prometheus.top_n, comp._prometheus.unit_grace_records) == (5, 8)
     started = comp.start(serve_metrics=False)
     try:
         assert started.attribution.startswith("cgroup v1")

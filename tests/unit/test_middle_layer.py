@@ -269,7 +269,7 @@ def test_component_settings_mirror_the_config(tmp_path):
                          attribution_enabled=False, cgroup_root=str(tmp_path / "cg"),
                          proc_root=str(tmp_path / "proc"), attribution_include=["a.slice/*.service"],
                          attribution_exclude=["a.slice/skip.service"], attribution_top_n=5,
-                         metrics_address="127.0.0.2", metrics_port=9777)
+                         metrics_unit_grace=45.0, metrics_address="127.0.0.2", metrics_port=9777)
     s = component_settings(config)
     assert (s.output_dir, s.state_dir, s.log_file) == (tmp_path / "out", tmp_path / "st", tmp_path / "carbon.log")
     assert s.interval_s == 20.0
@@ -287,6 +287,7 @@ def test_component_settings_mirror_the_config(tmp_path):
     a = s.attribution
     assert (a.enabled, a.cgroup_root, a.proc_root) == (False, tmp_path / "cg", tmp_path / "proc")
     assert (a.include, a.exclude, a.top_n) == (("a.slice/*.service",), ("a.slice/skip.service",), 5)
+    assert a.metrics_grace_s == 45.0
 
     assert (s.http.address, s.http.port, s.http.web) == ("127.0.0.2", 9777, config.web_config)
 

@@ -39,7 +39,7 @@ METHOD = {"cpu": "cpu_time_share", "ram": UNATTRIBUTED, "gpu": UNATTRIBUTED}
 
 @dataclass(frozen=True, slots=True)
 class AttributionSettings:
-    """Which cgroups are units (read by ``sources.cgroups``) and how many keep their name."""
+    """Which cgroups are units (read by ``sources.cgroups``), how many keep their name, how long on /metrics."""
 
     enabled: bool = True
     cgroup_root: Path = Path("/sys/fs/cgroup")
@@ -47,6 +47,7 @@ class AttributionSettings:
     include: tuple[str, ...] = ("system.slice/*.service",)
     exclude: tuple[str, ...] = ()
     top_n: int = DEFAULT_TOP_N
+    metrics_grace_s: float = 120.0  # how long a unit's /metrics series outlives the last record naming it
 
 
 def split_exact(total: float, portion: float, weights: Mapping[str, int], denominator: int) -> tuple[dict[str, float], float]:

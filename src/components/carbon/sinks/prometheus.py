@@ -2,30 +2,109 @@
 
 Values come from the same record and totals that were written to NDJSON, so
 /metrics and the JSON files agree exactly for the same interval.
+
+The page has a hard bound on its samples, whatever the host's units do
+(docs/fleet.md section 4): per-unit series exist only for at most ``2 x top_n``
+units (those the current record names, then those named recently, within a grace
+period), plus ``other`` and ``unattributed``. See :class:`UnitSeries`.
 """
 
 from __future__ import annotations
 
+import math
 import threading
-from collections.abc import Iterable, Iterator
+from collections import OrderedDict
+from collections.abc import Iterable, Iterator, Mapping
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from src.components.carbon.attribution import DEFAULT_TOP_N, RESERVED
 from src.components.carbon.health import HealthSnapshot
 from src.components.carbon.record import COMPONENTS, DeviceInfo, EmissionsRecord, Totals, format_methods
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+# TTAConfig's defaults: metrics_unit_grace 120 s at measurement_interval 15 s.
+DEFAULT_UNIT_GRACE_S = 120.0
+DEFAULT_INTERVAL_S = 15.0
+# Departed units whose totals are remembered, so that one coming back continues its
+# counter instead of resetting it (memory only: they are not on the page).
+REMEMBERED_UNITS = 1000
+
+
+def grace_in_records(grace_s: float, interval_s: float) -> int:
+    """``metrics_unit_grace`` as records a unit may be missing from before its series leaves the page."""
+    return max(0, math.ceil(grace_s / interval_s)) if interval_s > 0 else 0
+
+
+DEFAULT_GRACE_RECORDS = grace_in_records(DEFAULT_UNIT_GRACE_S, DEFAULT_INTERVAL_S)  # 8
+
+
+class UnitSeries:
+    """Per-unit counters (joules, grams) for /metrics, with a hard bound on how many are shown.
+
+    * ``other`` and ``unattributed`` are always shown once seen.
+    * A unit named in the current record is always shown (at most ``top_n`` are).
+    * A unit missing from the last records stays shown, value unchanged, until it has
+      been missing from more than ``grace`` records, and only while there is room:
+      named units never exceed ``2 x top_n``; the most recently named are kept first
+      (then the larger total, then the name).
+    * A unit leaving the page keeps its totals in memory (the last ``remembered``
+      to leave); coming back, it continues from them, so the series ``{unit="x"}``
+      never decreases. A unit forgotten meanwhile starts again from 0 (a counter reset).
+    """
+
+    def __init__(self, top_n: int = DEFAULT_TOP_N, grace: int = DEFAULT_GRACE_RECORDS,
+                 remembered: int = REMEMBERED_UNITS) -> None:
+        self.top_n = max(0, top_n)
+        self.grace = max(0, grace)
+        self.remembered = max(0, remembered)
+        self.records = 0
+        self.shown: dict[str, list[float]] = {}  # unit -> [joules, grams, index of the last record naming it]
+        self._departed: OrderedDict[str, tuple[float, float]] = OrderedDict()
+
+    def add(self, units: Mapping[str, Mapping[str, float]]) -> None:
+        """One record's ``units``."""
+        if not units:
+            return
+        self.records += 1
+        n = self.records
+        for unit, share in units.items():
+            acc = self.shown.get(unit)
+            if acc is None:
+                joules, grams = self._departed.pop(unit, (0.0, 0.0))
+                acc = self.shown[unit] = [joules, grams, n]
+            acc[0] += share["energy_j"]
+            acc[1] += share["emissions_g"]
+            acc[2] = n
+        current = sum(1 for u in units if u not in RESERVED)
+        held = [u for u, acc in self.shown.items() if acc[2] != n and u not in RESERVED]
+        held.sort(key=lambda u: (-self.shown[u][2], -self.shown[u][0], u))
+        room = max(0, 2 * self.top_n - current)
+        for i, unit in enumerate(held):
+            if i >= room or n - self.shown[unit][2] > self.grace:
+                self._depart(unit)
+
+    def _depart(self, unit: str) -> None:
+        joules, grams, _ = self.shown.pop(unit)
+        if self.remembered:
+            self._departed[unit] = (joules, grams)
+            self._departed.move_to_end(unit)
+            while len(self._departed) > self.remembered:
+                self._departed.popitem(last=False)
+
+    def items(self) -> list[tuple[str, float, float]]:
+        return [(u, acc[0], acc[1]) for u, acc in sorted(self.shown.items())]
 
 
 class _SnapshotCollector(Collector):
-    def __init__(self) -> None:
+    def __init__(self, units: UnitSeries) -> None:
         self.health: HealthSnapshot | None = None
         self.totals = Totals()
         self.power_w: dict[str, float] = dict.fromkeys(COMPONENTS, 0.0)
-        # Per-unit totals since this process started (docs/attribution.md): unit -> [joules, grams].
-        self.unit_totals: dict[str, list[float]] = {}
+        # Per-unit totals since this process started, bounded (docs/attribution.md).
+        self.units = units
         # Per GPU (NVML index as a string): product name, last interval's watts, joules since start.
         self.gpu_keys: dict[str, str] = {}  # device key (record's devices_j) -> GPU index label
         self.gpu_names: dict[str, str] = {}
@@ -53,7 +132,7 @@ class _SnapshotCollector(Collector):
         yield energy
         yield emissions
         yield power
-        if self.unit_totals:
+        if self.units.shown:
             unit_energy = CounterMetricFamily(
                 "tta_carbon_unit_energy_joules",
                 "Energy attributed to each systemd unit since the daemon started (plus other, unattributed).",
@@ -64,7 +143,7 @@ class _SnapshotCollector(Collector):
                 "CO2-equivalent attributed to each systemd unit since the daemon started (plus other, unattributed).",
                 labels=["unit"],
             )
-            for unit, (joules, grams) in sorted(self.unit_totals.items()):
+            for unit, joules, grams in self.units.items():
                 unit_energy.add_metric([unit], joules)
                 unit_emissions.add_metric([unit], grams)
             yield unit_energy
@@ -147,8 +226,11 @@ class _SnapshotCollector(Collector):
 class PrometheusSink:
     """Holds the latest exposition bytes; the HTTP server only ever copies them out."""
 
-    def __init__(self) -> None:
-        self._collector = _SnapshotCollector()
+    def __init__(self, top_n: int = DEFAULT_TOP_N, grace_records: int = DEFAULT_GRACE_RECORDS,
+                 remembered: int = REMEMBERED_UNITS) -> None:
+        """``top_n``: the records' ``attribution_top_n``; ``grace_records``: records a unit may
+        be missing from before its series leaves the page (see :func:`grace_in_records`)."""
+        self._collector = _SnapshotCollector(UnitSeries(top_n, grace_records, remembered))
         self._registry = CollectorRegistry(auto_describe=False)
         self._registry.register(self._collector)
         self._lock = threading.Lock()
@@ -160,12 +242,17 @@ class PrometheusSink:
             if record is not None:
                 self._collector.totals = record.totals
                 self._collector.power_w = dict(record.power_w)
-                for unit, share in record.units.items():
-                    acc = self._collector.unit_totals.setdefault(unit, [0.0, 0.0])
-                    acc[0] += share["energy_j"]
-                    acc[1] += share["emissions_g"]
+                self._collector.units.add(record.units)
                 self._note_gpus(record)
             self._page = generate_latest(self._registry)
+
+    @property
+    def top_n(self) -> int:
+        return self._collector.units.top_n
+
+    @property
+    def unit_grace_records(self) -> int:
+        return self._collector.units.grace
 
     def set_devices(self, devices: Iterable[DeviceInfo]) -> None:
         """The source's devices: GPUs get their own power and energy series, labelled by index and name."""
