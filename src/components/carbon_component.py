@@ -24,6 +24,7 @@ from src.components.carbon.directories import OutputDirUnwritable, probe_writabl
 from src.components.carbon.health import DaemonInfo, HealthSnapshot, SourceStatus, build_health, is_healthy
 from src.components.carbon.intensity import IntensityChain, build_chain
 from src.components.carbon.ledger import Ledger, LedgerLoad
+from src.components.carbon.memory import release_free_memory
 from src.components.carbon.outcome import IntervalOutcome, MeasurementStats, SinkStats
 from src.components.carbon.record import (
     CpuTimeDelta,
@@ -127,6 +128,7 @@ class CarbonComponent:
                 ssl_context=h.web.context, auth=BasicAuth(h.web.users) if h.web.users else None,
             )
             self._server.start()
+        release_free_memory()  # config parsing, source probing: one-off allocations
         self._last_mono = time.monotonic()
         return StartReport(reason, self._source_status.error, loaded, attribution)
 

@@ -17,6 +17,7 @@ import logging
 import time
 from typing import Any
 
+from src.components.carbon.memory import release_free_memory
 from src.components.carbon.record import JOULES_PER_KWH, ComponentEnergy, IntervalEnergy, SourceUnavailable
 from src.components.carbon.sources import SourceDefaults
 
@@ -153,6 +154,7 @@ class CodecarbonSource(SourceDefaults):
             cpu, ram, gpu = cpu + c2, ram + r2, gpu + g2
             self._tracker = None
             self._start_tracker()
+            release_free_memory()  # the old tracker's history and the new one's probing
         return self._energy(cpu, ram, gpu)
 
     def close(self) -> IntervalEnergy:
