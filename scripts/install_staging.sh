@@ -168,4 +168,9 @@ if [ "$root" = / ] && [ -d /run/systemd/system ] && [ "$changed_units" = 1 ]; th
   systemctl daemon-reload
   say "systemd: daemon-reload done"
 fi
-say "done. Start with: systemctl enable --now ${UNIT%.service}"
+if [ "$root" = / ] && [ -d /run/systemd/system ] && systemctl is-active --quiet "$UNIT"; then
+  # Running already: new code, venv or unit only take effect when the process is replaced.
+  say "done. The service is running the previous version; apply with: systemctl restart ${UNIT%.service}"
+else
+  say "done. Start with: systemctl enable --now ${UNIT%.service}"
+fi

@@ -10,7 +10,7 @@
 #   4. uv sync --frozen --no-dev --compile-bytecode (the lock file of <commit>)
 #   5. systemctl start tta-staging-carbon (Type=notify: returns once the daemon is READY)
 #   6. health check: uv run --no-sync python scripts/health_check_carbon.py, retried
-#      until it passes or --health-timeout seconds pass
+#      until it passes with a first measurement recorded, or --health-timeout seconds pass
 # exit: 0 rolled back and healthy; 1 any step failed (the message says how to go back).
 set -euo pipefail
 
@@ -59,9 +59,12 @@ main() {
   # --no-sync: never let a health check install dev dependencies into the production venv.
   local deadline=$((SECONDS + health_timeout)) out
   while :; do
-    if out=$(cd "$dir" && "$UV" run --no-sync python scripts/health_check_carbon.py 2>&1); then
+    # Healthy is not enough: right after a start there is no measurement yet, and the check
+    # (rightly) only warns. The rolled-back code has proved itself once it has measured.
+    if out=$(cd "$dir" && "$UV" run --no-sync python scripts/health_check_carbon.py 2>&1) \
+        && grep -q '^✅ Last measurement:' <<<"$out"; then
       printf '%s\n' "$out"
-      say "rollback to ${target:0:12} done; health check OK"
+      say "rollback to ${target:0:12} done; health check OK and a measurement was recorded"
       return 0
     fi
     if [ $SECONDS -ge $deadline ]; then

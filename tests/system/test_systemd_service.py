@@ -349,6 +349,16 @@ def test_installer_second_run_changes_nothing_and_keeps_edited_environment(svc: 
     assert svc.sd.path(ENV_FILE + ".dist").read_text() == (svc.src / "config/environment").read_text()
 
 
+def test_installer_on_a_running_service_says_restart(svc: StagedService) -> None:
+    out = svc.sd.run(["bash", f"{INSTALL_DIR}/scripts/install_staging.sh", "--src", str(svc.src)],
+                     env={"UV_OFFLINE": "1"}, timeout=120, check=True).stdout
+    assert out.splitlines()[-1].endswith("Start with: systemctl enable --now tta-staging-carbon"), out
+    start(svc)
+    out = svc.sd.run(["bash", f"{INSTALL_DIR}/scripts/install_staging.sh", "--src", str(svc.src)],
+                     env={"UV_OFFLINE": "1"}, timeout=120, check=True).stdout
+    assert out.splitlines()[-1].endswith("apply with: systemctl restart tta-staging-carbon"), out
+
+
 def test_rollback_to_previous_commit(svc: StagedService) -> None:
     start(svc)
     head = lambda: svc.sd.run(  # noqa: E731
@@ -361,6 +371,7 @@ def test_rollback_to_previous_commit(svc: StagedService) -> None:
     assert head() == svc.snapshot
     assert "✅ Carbon component: OK" in r.stdout
     assert "health check OK" in r.stdout
+    assert "✅ Last measurement:" in r.stdout  # not just "none yet": the rolled-back code has measured
     svc.sd.wait_active(UNIT)
     # A commit that does not exist is refused before anything is stopped.
     pid = svc.main_pid()
