@@ -8,6 +8,7 @@ import re
 import stat
 import urllib.parse
 from contextvars import ContextVar
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -20,8 +21,12 @@ from src.components.carbon.intensity import DEFAULT_ELECTRICITYMAPS_URL, LOOPBAC
 from src.components.carbon.reference_data import energy_mix
 from src.components.carbon.sinks.web_config import WebConfig, load_web_config
 from src.orchestration.sources import (
+    ARGUMENTS,
     CONFIG_FILE_DEFAULT,
+    ENV_FILE,
     ENV_FILE_DEFAULT,
+    ENVIRONMENT,
+    YAML_FILE,
     ConfigError,
     Layer,
     env_file_layer,
@@ -64,6 +69,27 @@ class _LayerSource(PydanticBaseSettingsSource):
 
     def __call__(self) -> dict[str, Any]:
         return dict(self.layer.values)
+
+
+@dataclass(frozen=True, slots=True)
+class Override:
+    """A setting the YAML file gives that the environment (file or variable) gives too.
+
+    The environment wins, so the YAML line is dead: editing it and reloading changes nothing.
+    """
+
+    setting: str  # field name, as in the YAML file
+    name: str  # the environment name, e.g. CARBON_MEASUREMENT_INTERVAL
+    value: str  # as written in the environment (never show it when ``secret``)
+    origin: str  # "<env file> line N" or "environment variable NAME"
+    in_env_file: bool  # False: a process environment variable (not the env file's own value)
+    yaml_value: Any
+    yaml_origin: str  # "<config file> line N"
+
+    @property
+    def secret(self) -> bool:
+        """Values never to show: the token, and anything whose name looks like a secret."""
+        return self.setting == "electricitymaps_token" or looks_secret(self.setting) or looks_secret(self.name)
 
 
 class TTAConfig(BaseSettings):
@@ -156,6 +182,7 @@ class TTAConfig(BaseSettings):
 
     _profile: ProfileProvider | None = PrivateAttr(None)
     _web_config: WebConfig = PrivateAttr(default_factory=WebConfig)
+    _layers_read: tuple[Layer, ...] = PrivateAttr(())
 
     def __init__(self, **values: Any) -> None:
         token = _layers.set([])
@@ -178,6 +205,45 @@ class TTAConfig(BaseSettings):
         """The parsed ``metrics_web_config``: TLS context and users (empty when unset)."""
         return self._web_config
 
+    def setting_origins(self) -> dict[str, list[tuple[str, str]]]:
+        """Every setting given anywhere: (source, where) for each source that gives it, winner first.
+
+        Sources are ``arguments``, ``environment``, ``env_file`` and ``yaml``; ``where`` names the
+        argument, the environment variable, or the file and line. Precedence is not changed by
+        this: the first entry is the value in force.
+        """
+        out: dict[str, list[tuple[str, str]]] = {}
+        for layer in self._layers_read:
+            for key in layer.values:
+                out.setdefault(key, []).append((layer.kind, layer.origins.get(key, layer.name)))
+        return out
+
+    def yaml_overrides(self) -> list[Override]:
+        """Settings the YAML file gives whose YAML value is ignored because the environment gives them too.
+
+        Command-line arguments (``--set``, ``--config``) are left out: they are deliberate, and
+        last only one run. An environment variable holding the environment file's own value
+        (systemd's EnvironmentFile= and ``set -a; . environment`` put it there) is reported once,
+        as the file's line.
+        """
+        by_kind = {layer.kind: layer for layer in self._layers_read}
+        yaml_file = by_kind.get(YAML_FILE)
+        if yaml_file is None:
+            return []
+        env_file = by_kind.get(ENV_FILE, Layer(""))
+        environ = by_kind.get(ENVIRONMENT, Layer(""))
+        out: list[Override] = []
+        for key, yaml_value in yaml_file.values.items():
+            yaml_origin = yaml_file.origins.get(key, yaml_file.name)
+            in_file = key in env_file.values
+            if key in environ.values and not (in_file and environ.values[key] == env_file.values[key]):
+                out.append(Override(key, env_name(key), environ.values[key], environ.origins[key], False,
+                                    yaml_value, yaml_origin))
+            if in_file:
+                out.append(Override(key, env_name(key), env_file.values[key], env_file.origins[key], True,
+                                    yaml_value, yaml_origin))
+        return out
+
     @classmethod
     def settings_customise_sources(
         cls,
@@ -189,7 +255,7 @@ class TTAConfig(BaseSettings):
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         fields = set(cls.model_fields)
         init_kwargs: dict[str, Any] = getattr(init_settings, "init_kwargs", {})
-        layers = [Layer("arguments", dict(init_kwargs), {k: f"argument {k}" for k in init_kwargs})]
+        layers = [Layer("arguments", dict(init_kwargs), {k: f"argument {k}" for k in init_kwargs}, ARGUMENTS)]
         environ = _environ.get()
         environ = dict(os.environ) if environ is None else environ
         layers.append(environment_layer(environ, fields))
@@ -315,6 +381,10 @@ class TTAConfig(BaseSettings):
         parsed = _parsed.get() or {}
         self._profile = parsed.get("profile")
         self._web_config = parsed.get("web_config", WebConfig())
+        # What each source said, for setting_origins() / yaml_overrides() (read-only copies).
+        self._layers_read = tuple(
+            Layer(layer.name, dict(layer.values), dict(layer.origins), layer.kind) for layer in _layers.get()
+        )
         return self
 
     @model_validator(mode="after")

@@ -53,6 +53,10 @@ def looks_secret(text: str) -> bool:
     return bool(_SECRET_NAME.search(text))
 
 
+# Layer kinds, highest precedence first.
+ARGUMENTS, ENVIRONMENT, ENV_FILE, YAML_FILE = "arguments", "environment", "env_file", "yaml"
+
+
 @dataclass
 class Layer:
     """Values from one source, plus a human description of where each came from."""
@@ -60,6 +64,7 @@ class Layer:
     name: str
     values: dict[str, Any] = field(default_factory=dict)
     origins: dict[str, str] = field(default_factory=dict)
+    kind: str = ""  # ARGUMENTS, ENVIRONMENT, ENV_FILE or YAML_FILE
 
 
 def env_name(field_name: str) -> str:
@@ -78,8 +83,8 @@ def field_for_env(key: str, fields: set[str]) -> str | None:
     return None
 
 
-def _env_layer(name: str, pairs: dict[str, tuple[str, str]], fields: set[str]) -> Layer:
-    layer = Layer(name)
+def _env_layer(name: str, pairs: dict[str, tuple[str, str]], fields: set[str], kind: str) -> Layer:
+    layer = Layer(name, kind=kind)
     for key, (value, origin) in pairs.items():
         target = field_for_env(key, fields)
         if target is None:
@@ -96,7 +101,7 @@ def _env_layer(name: str, pairs: dict[str, tuple[str, str]], fields: set[str]) -
 
 def environment_layer(environ: dict[str, str], fields: set[str]) -> Layer:
     pairs = {k: (v, f"environment variable {k}") for k, v in environ.items()}
-    return _env_layer("environment", pairs, fields)
+    return _env_layer("environment", pairs, fields, ENVIRONMENT)
 
 
 MAX_CONFIG_BYTES = 1 << 20  # a settings file is a few hundred bytes; far more means the wrong file
@@ -151,12 +156,12 @@ def parse_env_file(path: Path) -> dict[str, tuple[str, str]]:
 
 
 def env_file_layer(path: Path, fields: set[str]) -> Layer:
-    return _env_layer(f"environment file {show(path)}", parse_env_file(path), fields)
+    return _env_layer(f"environment file {show(path)}", parse_env_file(path), fields, ENV_FILE)
 
 
 def yaml_layer(path: Path, fields: set[str]) -> Layer:
     name = show(path)
-    layer = Layer(f"config file {name}")
+    layer = Layer(f"config file {name}", kind=YAML_FILE)
     text = _read_text(path, "config file")
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)

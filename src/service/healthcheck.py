@@ -22,6 +22,8 @@ from src.components.carbon.directories import OutputDirUnwritable, probe_writabl
 from src.components.carbon.health import STALE_AFTER_INTERVALS, stale_after_s
 from src.components.carbon.record import format_methods
 from src.orchestration import ConfigError, TTAConfig
+from src.orchestration.config import Override
+from src.orchestration.sources import short_repr, show
 from src.service.exit_codes import EX_FAILURE, EX_OK
 
 OK, WARN, FAIL = "ok", "warn", "fail"
@@ -63,7 +65,27 @@ def static_checks(load: Callable[[], TTAConfig]) -> tuple[list[Check], TTAConfig
         checks.append(Check("codecarbon", WARN,
                             f"codecarbon library: Not available (graceful degradation): {type(exc).__name__}: {exc}"))
     checks.append(Check("configuration", OK, "Configuration: Valid"))
+    checks.extend(Check("config_override", WARN, f"Configuration: {override_line(o)}") for o in config.yaml_overrides())
     return checks, config
+
+
+def override_line(o: Override) -> str:
+    """One setting given in the YAML file and again in the environment (which wins), both places named."""
+    value, yaml_value = ("***", "***") if o.secret else (show(o.value), _yaml_shown(o.yaml_value))
+    where = f"{o.name}={value} in {o.origin}" if o.in_env_file else f"environment variable {o.name}={value}"
+    return (f"{where} overrides {o.setting}: {yaml_value} in {o.yaml_origin} "
+            "(the YAML value is ignored; set it in one place)")
+
+
+def _yaml_shown(value: object) -> str:
+    """A YAML value roughly as written: true/false/null, numbers and strings bare."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value is None:
+        return "null"
+    if isinstance(value, str):
+        return show(value)
+    return short_repr(value)
 
 
 def live_checks(config: TTAConfig, timeout_s: float, now: float | None = None) -> list[Check]:

@@ -67,6 +67,22 @@ def test_environment_sample_is_the_shipped_file_and_systemd_clean() -> None:
             assert re.fullmatch(r"[A-Z_][A-Z0-9_]*=\S*", line), f"not systemd EnvironmentFile= syntax: {line}"
 
 
+def test_shipped_environment_file_sets_nothing_config_yaml_sets() -> None:
+    """Issue 13: the environment outranks the YAML file, so a key in both makes the YAML line dead."""
+    from src.orchestration import TTAConfig
+
+    env_file, yaml_file = REPO / "config" / "environment", REPO / "config" / "staging.yaml"
+    config = TTAConfig.load({"config_file": str(yaml_file), "env_file": str(env_file),
+                             "output_dir": "/nonexistent/out", "state_dir": "/nonexistent/state"}, environ={})
+    origins = config.setting_origins()
+    assert [key for key, where in origins.items() if {"env_file", "yaml"} <= {kind for kind, _ in where}] == []
+    assert config.yaml_overrides() == []
+    # ... and what each file sets really is read from it (the check above is not vacuous).
+    assert [k for k, where in origins.items() if where[0][0] == "env_file"] == ["env"]
+    assert {"measurement_interval", "log_level", "project_name", "output_dir"} <= {
+        k for k, where in origins.items() if any(kind == "yaml" for kind, _ in where)}
+
+
 def test_logrotate_sample_is_the_shipped_file() -> None:
     assert (REPO / "deploy" / "logrotate" / "tta-staging").read_text() in code_blocks(DOC)
 
@@ -81,7 +97,7 @@ def test_scrape_target_is_the_configured_port() -> None:
 
 def test_sourcing_with_set_a_exports_and_plain_source_does_not(tmp_path: Path) -> None:
     """The fix, proven with a real shell: child processes see the variables only with set -a."""
-    probe = f"{sys.executable} -c \"import os; print(os.environ.get('CARBON_PROJECT_NAME'))\""
+    probe = f"{sys.executable} -c \"import os; print(os.environ.get('TTA_ENV'))\""
     env_file = REPO / "config" / "environment"
 
     def child_sees(prefix: str) -> str:
@@ -89,7 +105,7 @@ def test_sourcing_with_set_a_exports_and_plain_source_does_not(tmp_path: Path) -
                               env=clean_env(), check=True).stdout.strip()
 
     assert child_sees(f"source {env_file}") == "None"  # the seed's step, with the export-free file
-    assert child_sees(f"set -a; . {env_file}; set +a") == "TTA-Staging"  # ours
+    assert child_sees(f"set -a; . {env_file}; set +a") == "staging"  # ours
 
 
 def test_verify_step_one_liner_still_works(tmp_path: Path) -> None:

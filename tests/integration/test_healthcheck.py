@@ -245,6 +245,40 @@ def test_config_invalid(world_tmp: Path) -> None:
     assert rc == 1
 
 
+def test_key_in_environment_file_and_config_yaml_is_a_warning_naming_both(world_tmp: Path) -> None:
+    """Issue 13: the environment file outranks config.yaml, so a key in both makes the YAML line dead."""
+    s = OpsDaemon(world_tmp)
+    s.output_dir.mkdir()
+    s.config.write_text("# staging\nlog_level: info\nproject_name: TTA-Staging\n"
+                        "electricitymaps_token: yaml-secret-41\n")
+    env_file = s.workdir / "environment"
+    env_file.write_text("# env\nCARBON_LOG_LEVEL=debug\nCARBON_ELECTRICITYMAPS_TOKEN=env-secret-42\nTTA_ENV=staging\n")
+    tail = "(the YAML value is ignored; set it in one place)"
+    expected = [
+        "✅ Carbon component: OK",
+        *static_ok(s),
+        f"⚠️  Configuration: CARBON_LOG_LEVEL=debug in {env_file} line 2 overrides log_level: info "
+        f"in {s.config} line 2 {tail}",
+        f"⚠️  Configuration: CARBON_ELECTRICITYMAPS_TOKEN=*** in {env_file} line 3 overrides "
+        f"electricitymaps_token: *** in {s.config} line 4 {tail}",
+    ]
+    rc, lines, _ = s.check("--no-daemon")
+    assert_lines(lines, expected)
+    assert rc == 0  # a warning: still healthy
+    rc, lines, _ = s.check("--no-daemon", "--json")
+    assert "secret-4" not in "\n".join(lines)
+    doc = json.loads("\n".join(lines))
+    assert doc["healthy"] is True and rc == 0
+    assert [(c["name"], c["status"]) for c in doc["checks"]] == [
+        ("component", "ok"), ("output_dir", "ok"), ("codecarbon", "ok"), ("configuration", "ok"),
+        ("config_override", "warn"), ("config_override", "warn"),
+    ]
+    # Set once (here: removed from the environment file), the warning goes.
+    env_file.write_text("# env\nTTA_ENV=staging\n")
+    rc, lines, _ = s.check("--no-daemon")
+    assert_lines(lines, ["✅ Carbon component: OK", *static_ok(s)])
+
+
 # -- codecarbon missing: faked at the library boundary only -----------------------------------
 
 def hide_codecarbon(root: Path) -> dict[str, str]:

@@ -76,10 +76,13 @@ def test_local_blocks_run_against_a_local_install(service_account: tuple[str, st
     # -- config, directories and the daemon (as systemd would run it) ----------------------
     env = clean_env(UV_OFFLINE="1", TTA_CONFIG=f"{etc}/config.yaml", TTA_ENV_FILE=f"{etc}/environment")
     etc.mkdir(parents=True)
-    (etc / "config.yaml").write_text(relocate((REPO / "config/staging.yaml").read_text()))
-    (etc / "environment").write_text(
-        relocate((REPO / "config/environment").read_text()).replace("CARBON_MEASUREMENT_INTERVAL=15",
-                                                                     "CARBON_MEASUREMENT_INTERVAL=1"))
+    # A 1 s interval, set where the shipped files set it (config.yaml): the environment file sets
+    # nothing config.yaml sets, so the check's output has no "overrides" warning.
+    shipped_yaml = relocate((REPO / "config/staging.yaml").read_text())
+    interval_15, interval_1 = "\nmeasurement_interval: 15\n", "\nmeasurement_interval: 1\n"
+    assert shipped_yaml.count(interval_15) == 1
+    (etc / "config.yaml").write_text(shipped_yaml.replace(interval_15, interval_1))
+    (etc / "environment").write_text(relocate((REPO / "config/environment").read_text()))
     (root / "etc/logrotate.d").mkdir()
     rotate_conf = root / "etc/logrotate.d/tta-staging"
     rotate_conf.write_text(relocate((REPO / "deploy/logrotate/tta-staging").read_text())

@@ -207,6 +207,15 @@ MUTATIONS = [
     ("> 3 * tta", "> 2 * tta", 1),                   # staleness factor
     ("> 3 * tta", "> 4 * tta", 1),
     ("and on (job, instance) up{job=\"tta-staging-carbon\"} == 1\n", "\n", 1),  # up guard
+    # Staleness counted from max(last measurement, start): the old rule (age from the last
+    # measurement only, 0 after a restart) fires after a restart; age from the start only, or
+    # no start fallback (a daemon that never measures after it started), must fail too.
+    ("- (\n                  tta_carbon_last_measurement_timestamp_seconds > tta_carbon_up_since_timestamp_seconds\n"
+     "                    or tta_carbon_up_since_timestamp_seconds\n                )",
+     "- tta_carbon_last_measurement_timestamp_seconds", 1),
+    ("\n                    or tta_carbon_up_since_timestamp_seconds\n", "\n", 1),
+    ("tta_carbon_last_measurement_timestamp_seconds > tta_carbon_up_since_timestamp_seconds\n"
+     "                    or tta_carbon_up_since_timestamp_seconds", "tta_carbon_up_since_timestamp_seconds", 1),
     ("[10m]", "[5m]", 2),                            # write-error window
     ("[10m]", "[15m]", 2),
     ("+ increase(tta_carbon_records_dropped_total[10m])", "+ 0 * increase(tta_carbon_records_dropped_total[10m])", 1),

@@ -94,9 +94,12 @@ class StagedService:
                       check=True).stdout.strip()
         sd.write(TEST_DROPIN, test_dropin(home))
         # EnvironmentFile= values beat Environment= in drop-ins, so the short interval
-        # goes where an operator would put it: the environment file.
+        # goes where an operator would put an override: the environment file. (The shipped
+        # file sets nothing config.yaml sets, so the line is added; it outranks
+        # config.yaml's measurement_interval.)
         env = sd.path(ENV_FILE).read_text()
-        sd.write(ENV_FILE, re.sub(r"(?m)^CARBON_MEASUREMENT_INTERVAL=.*$", "CARBON_MEASUREMENT_INTERVAL=1", env), 0o640)
+        env = re.sub(r"(?m)^CARBON_MEASUREMENT_INTERVAL=.*\n?", "", env)
+        sd.write(ENV_FILE, env.rstrip("\n") + "\nCARBON_MEASUREMENT_INTERVAL=1\n", 0o640)
         self.pristine = {p: sd.path(p).read_text() for p in (CONFIG, ENV_FILE)}
         sd.systemctl("daemon-reload", check=True)
 

@@ -175,7 +175,7 @@ def test_reload_with_broken_config_keeps_running(svc: StagedService) -> None:
     pid = svc.main_pid()
     before = svc.wait_records(1, run_id)[-1]["seq"]
     # A YAML syntax error: a broken value for a key the environment file also sets
-    # (measurement_interval, log_level) would be masked by it and never seen.
+    # (measurement_interval, which the fixture sets there) would be masked by it and never seen.
     svc.sd.write(CONFIG, svc.sd.path(CONFIG).read_text() + "oops: [unclosed\n", 0o640)
     cur = svc.cursor()
     svc.sd.systemctl("reload", UNIT, check=True)

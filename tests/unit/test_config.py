@@ -221,6 +221,76 @@ def test_explicit_config_and_env_file_beat_tta_variables(cfg: Cfg) -> None:
     assert c.config_file == explicit_yaml and c.env_file == explicit_env
 
 
+# --------------------------------------------------------------------------- origins and dead YAML keys (issue 13)
+
+
+def test_setting_origins_lists_every_source_winner_first(cfg: Cfg) -> None:
+    cfg.yaml("# staging\nmetrics_port: 9001\nlog_level: info\n")
+    cfg.envfile("# x\nCARBON_LOG_LEVEL=warning\n")
+    cfg.env(CARBON_LOG_LEVEL="error")
+    c = cfg.load(log_level="debug")
+    assert c.log_level == "debug"  # precedence unchanged by keeping the layers
+    origins = c.setting_origins()
+    assert origins["log_level"] == [
+        ("arguments", "argument log_level"),
+        ("environment", "environment variable CARBON_LOG_LEVEL"),
+        ("env_file", f"{cfg.env_path} line 2"),
+        ("yaml", f"{cfg.yaml_path} line 3"),
+    ]
+    assert origins["metrics_port"] == [("yaml", f"{cfg.yaml_path} line 2")]
+    assert "measurement_interval" not in origins  # a default is no source
+
+
+def test_yaml_overrides_name_both_files_and_lines(cfg: Cfg) -> None:
+    cfg.yaml("measurement_interval: 15\nlog_level: info\nmetrics_port: 9001\nproject_name: from-yaml\n")
+    cfg.envfile("# comment\nCARBON_MEASUREMENT_INTERVAL=30\nCARBON_METRICS_ADDRESS=::1\nCARBON_PROJECT_NAME=x\n")
+    c = cfg.load()
+    assert (c.measurement_interval, c.project_name) == (30.0, "x")  # the environment file wins ...
+    got = [(o.setting, o.name, o.value, o.origin, o.in_env_file, o.yaml_value, o.yaml_origin)
+           for o in c.yaml_overrides()]
+    assert got == [  # ... and each YAML key it hides is named, in YAML file order
+        ("measurement_interval", "CARBON_MEASUREMENT_INTERVAL", "30", f"{cfg.env_path} line 2", True, 15,
+         f"{cfg.yaml_path} line 1"),
+        ("project_name", "CARBON_PROJECT_NAME", "x", f"{cfg.env_path} line 4", True, "from-yaml",
+         f"{cfg.yaml_path} line 4"),
+    ]
+
+
+def test_yaml_overrides_env_var_with_the_files_value_is_the_file_line(cfg: Cfg) -> None:
+    """systemd's EnvironmentFile= (and `set -a; . environment`) copy the file into the process environment."""
+    cfg.yaml("log_level: info\nproject_name: from-yaml\n")
+    cfg.envfile("CARBON_LOG_LEVEL=debug\nCARBON_PROJECT_NAME=from-file\n")
+    cfg.env(CARBON_LOG_LEVEL="debug", CARBON_PROJECT_NAME="from-env")
+    got = [(o.setting, o.origin, o.value) for o in cfg.load().yaml_overrides()]
+    assert got == [
+        ("log_level", f"{cfg.env_path} line 1", "debug"),  # once: the env var is the file's own value
+        ("project_name", "environment variable CARBON_PROJECT_NAME", "from-env"),  # the winner first
+        ("project_name", f"{cfg.env_path} line 2", "from-file"),
+    ]
+
+
+def test_yaml_overrides_leave_out_arguments_and_keys_set_once(cfg: Cfg) -> None:
+    cfg.yaml("log_level: info\nmetrics_port: 9001\n").envfile("CARBON_REGION=eu-west\n")
+    assert cfg.load(log_level="debug", metrics_port=9002).yaml_overrides() == []
+
+
+def test_yaml_overrides_without_yaml_file(tmp_path: Path) -> None:
+    (tmp_path / "env").write_text("CARBON_LOG_LEVEL=debug\n")
+    c = TTAConfig(env_file=str(tmp_path / "env"))  # the (relocated) default YAML file does not exist
+    assert c.yaml_overrides() == []
+    assert c.setting_origins()["log_level"] == [("env_file", f"{tmp_path / 'env'} line 1")]
+
+
+@pytest.mark.parametrize(("yaml_key", "env_line", "secret"), [
+    ("electricitymaps_token", f"CARBON_ELECTRICITYMAPS_TOKEN={TOKEN}", True),
+    ("log_level", "CARBON_LOG_LEVEL=debug", False),
+])
+def test_yaml_override_secret_flag(cfg: Cfg, yaml_key: str, env_line: str, secret: bool) -> None:
+    cfg.yaml(f"{yaml_key}: {'other-token' if secret else 'info'}\n").envfile(env_line + "\n")
+    (override,) = cfg.load().yaml_overrides()
+    assert override.secret is secret
+
+
 # --------------------------------------------------------------------------- environment file syntax
 
 
