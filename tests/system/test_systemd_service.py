@@ -360,6 +360,8 @@ def test_installer_on_a_running_service_says_restart(svc: StagedService) -> None
 
 
 def test_rollback_to_previous_commit(svc: StagedService) -> None:
+    # 4 s: the check right after the restart sees no measurement yet, and must wait for one.
+    set_env(svc, "CARBON_MEASUREMENT_INTERVAL", "4")
     start(svc)
     head = lambda: svc.sd.run(  # noqa: E731
         ["git", "-c", f"safe.directory={INSTALL_DIR}", "-C", INSTALL_DIR, "rev-parse", "HEAD"], check=True
