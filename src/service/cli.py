@@ -57,7 +57,10 @@ def reload_environ(config: TTAConfig) -> dict[str, str]:
 
 
 def _config_error(exc: ConfigError) -> int:
-    print(f"tta-carbon: config error: {exc}", file=sys.stderr)
+    from src.service import logs
+
+    # Printed before logging is configured; under systemd it still reaches the journal as an err.
+    logs.console(f"tta-carbon: config error: {exc}")
     return EX_CONFIG
 
 

@@ -181,7 +181,5 @@ class Daemon:
 
 
 def _print_error(message: str) -> None:
-    import sys
-
-    print(f"tta-carbon: error: {message}", file=sys.stderr)
+    logs.console(f"tta-carbon: error: {message}")  # an err in the journal under systemd
 

@@ -8,6 +8,7 @@ docs/systemd.md), and the environment file's interval is set to 1 s.
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from collections.abc import Iterator
@@ -189,6 +190,60 @@ def test_reload_with_broken_config_keeps_running(svc: StagedService) -> None:
     errors = [e for e in svc.events(cur) if e.get("level") == "error"]
     assert len(rejected) == 1 and errors == rejected, errors
     assert "YAML syntax error" in rejected[0]["error"] and CONFIG in rejected[0]["error"]
+
+
+# ---- journal priorities ----------------------------------------------------------------------
+
+
+def at_priority(svc: StagedService, prio: str, after: str) -> list[str]:
+    """The unit's messages since the cursor ``after`` that ``journalctl -u UNIT -p PRIO`` selects.
+
+    Not ``--after-cursor``: journalctl 252 combined with ``-u`` and ``-p`` skips matching
+    entries (seen here: an err line missing that ``-p err`` without the cursor shows). The
+    cursor's realtime stamp (``t=``, hex microseconds) does the "since" part instead.
+    """
+    since = int(re.search(r"(?:^|;)t=([0-9a-f]+)", after).group(1), 16)
+    out = svc.sd.journalctl("-u", UNIT, "-p", prio, "-o", "json")
+    entries = [json.loads(line) for line in out.splitlines() if line.strip()]
+    return [e["MESSAGE"] for e in entries if int(e["__REALTIME_TIMESTAMP"]) > since and isinstance(e["MESSAGE"], str)]
+
+
+def event_names(lines: list[str]) -> list[str]:
+    return [json.loads(ln).get("event", "") for ln in lines if ln.startswith("{")]
+
+
+def test_journal_priorities_follow_log_levels(svc: StagedService) -> None:
+    cur = svc.cursor()
+    start(svc)
+    # Library loggers (codecarbon) warn on these VMs (no RAPL, unknown CPU): priority 4 exactly.
+    lib_warnings = wait_for(
+        lambda: [ln for ln in at_priority(svc, "warning..warning", cur) if '"logger": "codecarbon"' in ln],
+        20, interval=0.3, what="a codecarbon warning at priority 4")
+    assert all('"level": "warning"' in ln for ln in lib_warnings), lib_warnings
+    # Info lines are in the journal, but not at warning or above.
+    assert "started" in event_names(at_priority(svc, "info", cur))
+    above_info = at_priority(svc, "warning", cur)
+    assert "started" not in event_names(above_info), above_info
+    assert all('"level": "info"' not in ln and '"level": "debug"' not in ln for ln in above_info), above_info
+    assert not at_priority(svc, "err", cur), "no errors yet"
+
+    # A rejected reload: the daemon's reload_rejected line is an err.
+    svc.sd.write(CONFIG, svc.sd.path(CONFIG).read_text() + "oops: [unclosed\n", 0o640)
+    svc.sd.systemctl("reload", UNIT)
+    wait_for(lambda: "reload_rejected" in event_names(at_priority(svc, "err", cur)), 5, what="reload_rejected at err")
+
+    # A config error at start, printed before logging is set up: also an err.
+    svc.sd.systemctl("stop", UNIT, check=True)
+    svc.reset()
+    set_yaml(svc, "country_iso_code", "XXX")
+    cur = svc.cursor()
+    assert svc.sd.systemctl("start", UNIT).returncode != 0
+    errs = wait_for(lambda: [ln for ln in at_priority(svc, "err", cur) if ln.startswith("tta-carbon: config error:")],
+                    5, what="the config error at err priority")
+    assert "invalid country_iso_code='XXX'" in errs[0], errs
+    # The log file holds plain JSON lines: the <N> prefix is for the journal stream only.
+    carbon_log = svc.sd.path("/var/log/tta/staging/carbon.log").read_text().splitlines()
+    assert carbon_log and all(ln.startswith("{") for ln in carbon_log), carbon_log[:3]
 
 
 # ---- stop, crash, watchdog, bad config ------------------------------------------------------
