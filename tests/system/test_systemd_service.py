@@ -177,12 +177,21 @@ def test_reload_with_broken_config_keeps_running(svc: StagedService) -> None:
     before = svc.wait_records(1, run_id)[-1]["seq"]
     # A YAML syntax error: a broken value for a key the environment file also sets
     # (measurement_interval, log_level) would be masked by it and never seen.
-    svc.sd.write(CONFIG, svc.sd.path(CONFIG).read_text() + "oops: [unclosed\n", 0o640)
+    good = svc.sd.path(CONFIG).read_text()
+    svc.sd.write(CONFIG, good + "oops: [unclosed\n", 0o640)
     cur = svc.cursor()
-    svc.sd.systemctl("reload", UNIT, check=True)
-    rejected = wait_for(
-        lambda: [e for e in svc.events(cur) if e.get("event") == "reload_rejected"], 5, what="reload_rejected"
-    )
+    r = svc.sd.systemctl("reload", UNIT)
+    # ExecReload waits for that reload's outcome: a rejected config fails `systemctl reload` ...
+    assert r.returncode != 0, r.stdout + r.stderr
+    assert "failed" in r.stderr, r.stderr
+    rejected = [e for e in svc.events(cur) if e.get("event") == "reload_rejected"]  # logged before it returned
+    # ... and the reason is in the journal at err priority, from ExecReload itself (status=78/CONFIG).
+    why = at_priority(svc, "err", cur)
+    reason = [ln for ln in why if ln.startswith("tta-carbon: reload rejected: ")]
+    assert len(reason) == 1 and "YAML syntax error" in reason[0] and CONFIG in reason[0], why
+    text = svc.journal(cur, unit_only=False)
+    assert "Control process exited, code=exited, status=78/CONFIG" in text, text
+    assert reason[0] in svc.sd.status(UNIT)  # `systemctl status` shows why the reload failed
     time.sleep(2.5)  # keeps measuring on the old config ...
     assert svc.props("ActiveState", "MainPID") == {"ActiveState": "active", "MainPID": str(pid)}
     assert svc.records()[-1]["seq"] >= before + 2
@@ -190,6 +199,17 @@ def test_reload_with_broken_config_keeps_running(svc: StagedService) -> None:
     errors = [e for e in svc.events(cur) if e.get("level") == "error"]
     assert len(rejected) == 1 and errors == rejected, errors
     assert "YAML syntax error" in rejected[0]["error"] and CONFIG in rejected[0]["error"]
+
+    # Fixed (and changed): the next reload exits 0 and the new value is in force on return.
+    svc.sd.write(CONFIG, good, 0o640)
+    set_env(svc, "CARBON_PROJECT_NAME", "after-reload")  # the environment file sets it (outranks YAML)
+    cur = svc.cursor()
+    r = svc.sd.systemctl("reload", UNIT)
+    assert r.returncode == 0, r.stdout + r.stderr
+    reloaded = [e for e in svc.events(cur) if e.get("event") == "reloaded"]
+    assert len(reloaded) == 1 and reloaded[0]["project"] == "after-reload", svc.journal(cur)
+    assert svc.main_pid() == pid
+    assert svc.wait_records(1 + len(svc.records()))[-1]["project"] == "after-reload"
 
 
 # ---- journal priorities ----------------------------------------------------------------------
