@@ -1,4 +1,4 @@
-"""`tta-carbon`: run the daemon, check its health, report totals."""
+"""`tta-carbon`: run the daemon, reload it, check its health, report totals."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from src.orchestration import ConfigError, TTAConfig
-from src.service.exit_codes import EX_CANTCREAT, EX_CONFIG, EX_FAILURE, EX_OK, EX_UNAVAILABLE
+from src.service.exit_codes import EX_CANTCREAT, EX_CONFIG, EX_FAILURE, EX_OK, EX_TEMPFAIL, EX_UNAVAILABLE
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -57,7 +57,10 @@ def reload_environ(config: TTAConfig) -> dict[str, str]:
 
 
 def _config_error(exc: ConfigError) -> int:
-    print(f"tta-carbon: config error: {exc}", file=sys.stderr)
+    from src.service import logs
+
+    # Printed before logging is configured; under systemd it still reaches the journal as an err.
+    logs.console(f"tta-carbon: config error: {exc}")
     return EX_CONFIG
 
 
@@ -82,6 +85,23 @@ def cmd_run(args: argparse.Namespace) -> int:
     logs.configure(config.log_level, config.log_file)
     environ = reload_environ(config)  # decided once, at start: that is when systemd read the file
     return Daemon(config, lambda: load_config(args, environ)).run()
+
+
+def cmd_reload(args: argparse.Namespace) -> int:
+    import os
+
+    from src.service.reload import run_reload, status_path
+
+    if args.status_file:
+        path = Path(args.status_file)
+    elif os.environ.get("RUNTIME_DIRECTORY"):
+        path = status_path(Path("."))  # under systemd: no config needed (a broken one is what we report)
+    else:
+        try:  # without systemd the daemon publishes in its state dir
+            path = status_path(load_config(args).state_dir)
+        except ConfigError as exc:
+            return _config_error(exc)
+    return run_reload(path, args.pid, timeout_s=args.timeout)
 
 
 def cmd_check(args: argparse.Namespace) -> int:
@@ -131,6 +151,20 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--timeout", type=_timeout, default=5.0, help="seconds to wait for the daemon (default 5)")
     check.add_argument("--no-daemon", action="store_true", help="skip the live daemon checks (e.g. before first start)")
     check.set_defaults(func=cmd_check)
+
+    reload = sub.add_parser(
+        "reload", help="reload the running daemon and wait for the outcome (the unit's ExecReload)",
+        description="Send SIGHUP to the daemon and wait for the outcome of that reload, as the daemon publishes it "
+                    "in $RUNTIME_DIRECTORY/reload-status.json (systemd's RuntimeDirectory=) or, without systemd, "
+                    "in its state_dir. A process that has published no status is never signalled. "
+                    f"Exit {EX_OK} applied (a note names settings that need a restart), {EX_CONFIG} rejected "
+                    f"(the reason is printed; the daemon keeps its previous config), {EX_TEMPFAIL} no outcome "
+                    f"within --timeout, {EX_FAILURE} no daemon to reload.")
+    _config_args(reload)
+    reload.add_argument("--pid", type=int, help="the daemon's pid (systemd: $MAINPID); default: the one in the status")
+    reload.add_argument("--timeout", type=_timeout, default=30.0, help="seconds to wait for the outcome (default 30)")
+    reload.add_argument("--status-file", metavar="PATH", help="read the outcome from this file instead")
+    reload.set_defaults(func=cmd_reload)
 
     report = sub.add_parser("report", help="totals from the NDJSON files",
                             description="Totals per day, per component and overall, read from emissions_*.json "

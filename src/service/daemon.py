@@ -21,6 +21,7 @@ from src.components.carbon_component import CarbonComponent, IntervalOutcome, Ou
 from src.orchestration import ConfigError, TTAConfig
 from src.service import logs
 from src.service.exit_codes import EX_CANTCREAT, EX_OK, EX_UNAVAILABLE
+from src.service.reload import APPLIED, REJECTED, STARTED, StatusPublisher, monotonic_ns, status_path
 
 
 class Daemon:
@@ -41,6 +42,8 @@ class Daemon:
         self._stop = False
         self._reload = False
         self._log = logs.get_logger(component="carbon")
+        # Each reload's outcome, for `tta-carbon reload` (ExecReload) to wait on: src/service/reload.py.
+        self._reload_status = StatusPublisher(status_path(config.state_dir))
         watchdog_usec = int(os.environ.get("WATCHDOG_USEC", "0") or 0)
         watchdog_pid = os.environ.get("WATCHDOG_PID")
         if watchdog_pid and watchdog_pid != str(os.getpid()):
@@ -54,6 +57,7 @@ class Daemon:
             self._stop = True
 
     def run(self) -> int:
+        self._reload_status.clear()  # an earlier process's file must not vouch for this one
         signal.set_wakeup_fd(self._wake_w.fileno(), warn_on_full_buffer=False)
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(sig, self._on_signal)
@@ -90,11 +94,16 @@ class Daemon:
             log.error("energy_source_unavailable", error=started.source_error)
         if logs.TEE.error:
             log.error("log_file_unavailable", error=logs.TEE.error)
+        self._reload_status.publish(STARTED, monotonic_ns())  # SIGHUP handled from here on: reloads may come
+        if self._reload_status.error:
+            log.error("reload_status_unavailable", error=self._reload_status.error,
+                      effect="`tta-carbon reload` (ExecReload) cannot report outcomes; SIGHUP still reloads")
         self._notifier.notify(f"READY=1\nSTATUS=started; first measurement in {self.config.measurement_interval:g}s\n"
                               f"MAINPID={os.getpid()}")
         try:
             self._loop()
         finally:
+            self._reload_status.clear()
             self._notifier.notify("STOPPING=1\nSTATUS=stopping: writing final record")
             final = comp.stop()
             record = final.record if final is not None else None
@@ -163,12 +172,17 @@ class Daemon:
             self._notifier.notify("WATCHDOG=1")
 
     def _apply_reload(self) -> None:
-        self._notifier.notify(f"RELOADING=1\nMONOTONIC_USEC={time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000}")
+        began = monotonic_ns()  # before the config is read: what `tta-carbon reload` matches its signal against
+        status = self._reload_status
+        status.generation += 1
+        self._notifier.notify(f"RELOADING=1\nMONOTONIC_USEC={began // 1000}")
         try:
             new = self._load_config()
         except ConfigError as exc:
-            self._log.error("reload_rejected", error=str(exc), keeping="previous configuration")
+            self._log.error("reload_rejected", error=str(exc), keeping="previous configuration",
+                            generation=status.generation)
             logs.TEE.reopen(self.config.log_file)
+            status.publish(REJECTED, began, error=str(exc))  # after the log line: it is there when ExecReload returns
             self._notifier.notify("READY=1")
             return
         logs.configure(new.log_level, new.log_file)  # also reopens the log file (logrotate)
@@ -176,12 +190,11 @@ class Daemon:
         self.config = self.component.config
         self._log.info("reloaded", log_level=new.log_level, project=new.project_name,
                        intensity_g_per_kwh=self.component.health.intensity_g_per_kwh,
-                       needs_restart=needs_restart or None)
+                       needs_restart=needs_restart or None, generation=status.generation)
+        status.publish(APPLIED, began, needs_restart=needs_restart)
         self._notifier.notify("READY=1")
 
 
 def _print_error(message: str) -> None:
-    import sys
-
-    print(f"tta-carbon: error: {message}", file=sys.stderr)
+    logs.console(f"tta-carbon: error: {message}")  # an err in the journal under systemd
 

@@ -1,4 +1,10 @@
-"""structlog set-up: JSON lines to stderr (journald) and to a reopenable log file."""
+"""structlog set-up: JSON lines to stderr (journald) and to a reopenable log file.
+
+Under systemd each line on stderr starts with its syslog priority, ``<N>`` (systemd's
+``SyslogLevelPrefix=``, on by default), so ``journalctl -p warning`` / ``-p err`` select by
+level. The prefix goes only to a stderr that *is* the journal (``$JOURNAL_STREAM`` names
+its device:inode), never to the log file, a terminal or a pipe.
+"""
 
 from __future__ import annotations
 
@@ -14,6 +20,33 @@ import structlog
 LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR,
           "critical": logging.CRITICAL}
 LOG_FILE_MODE = 0o640
+# syslog priorities (sd-daemon.h SD_ERR ...), by structlog method name.
+PRIORITY = {"debug": 7, "info": 6, "warning": 4, "warn": 4, "error": 3, "exception": 3, "critical": 2, "fatal": 2}
+PRIORITY_INFO = 6
+
+
+def stream_is_journal(stream: Any) -> bool:
+    """True when ``stream`` is the journal stream systemd connected (sd_journal_stream_fd).
+
+    systemd sets ``JOURNAL_STREAM=<st_dev>:<st_ino>`` of that stream; a process whose
+    stderr was redirected (or that merely inherited the variable) has a different fd there.
+    """
+    dev, sep, ino = os.environ.get("JOURNAL_STREAM", "").partition(":")
+    if not sep:
+        return False
+    try:
+        st = os.fstat(stream.fileno())
+        return (st.st_dev, st.st_ino) == (int(dev), int(ino))
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def console(message: str, priority: int = PRIORITY["error"], stream: Any = None) -> None:
+    """One line for a person (``tta-carbon: error: ...``), at ``priority`` when it lands in the journal."""
+    stream = sys.stderr if stream is None else stream
+    if stream_is_journal(stream):  # journald takes the prefix per line: give every line one
+        message = "\n".join(f"<{priority}>{line}" for line in message.split("\n"))
+    print(message, file=stream, flush=True)
 
 
 class TeeWriter:
@@ -24,6 +57,7 @@ class TeeWriter:
         self._fd: int | None = None
         self.path: Path | None = None
         self.error = ""
+        self.journal = False  # stderr is the journal: prefix each line there with <priority>
 
     def reopen(self, path: Path | None) -> None:
         with self._lock:
@@ -41,10 +75,10 @@ class TeeWriter:
                 # A log file we cannot write must not stop carbon accounting: stderr still reaches journald.
                 self.error = f"cannot open log file {path}: {exc.strerror}"
 
-    def write(self, line: str) -> None:
+    def write(self, line: str, priority: int = PRIORITY_INFO) -> None:
         data = (line + "\n").encode("utf-8", "replace")
         try:
-            sys.stderr.buffer.write(data)
+            sys.stderr.buffer.write(b"<%d>" % priority + data if self.journal else data)
             sys.stderr.buffer.flush()
         except (OSError, ValueError):
             pass
@@ -56,14 +90,24 @@ class TeeWriter:
                     self.error = f"cannot write log file {self.path}: {exc.strerror}"
 
 
+def _at(priority: int) -> Any:
+    def method(self: _TeeLogger, message: str) -> None:
+        self._tee.write(message, priority)
+
+    return method
+
+
 class _TeeLogger:
+    """What structlog calls: the method name is the level (``log.warning`` -> ``.warning``)."""
+
     def __init__(self, tee: TeeWriter) -> None:
         self._tee = tee
 
-    def msg(self, message: str) -> None:
-        self._tee.write(message)
-
-    log = debug = info = warning = warn = error = critical = exception = fatal = msg
+    msg = log = _at(PRIORITY_INFO)
+    debug, info = _at(PRIORITY["debug"]), _at(PRIORITY["info"])
+    warning = warn = _at(PRIORITY["warning"])
+    error = exception = _at(PRIORITY["error"])
+    critical = fatal = _at(PRIORITY["critical"])
 
 
 TEE = TeeWriter()
@@ -71,6 +115,7 @@ TEE = TeeWriter()
 
 def configure(level: str, log_file: Path | None) -> None:
     TEE.reopen(log_file)
+    TEE.journal = stream_is_journal(sys.stderr)
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
@@ -91,9 +136,14 @@ class _StdlibBridge(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            structlog.get_logger(record.name).log(record.levelno, record.getMessage(), logger=record.name)
+            # structlog knows the five standard levels only: a custom one (25, 35) counts as the one below.
+            level = max([lvl for lvl in _STANDARD if lvl <= record.levelno], default=logging.DEBUG)
+            structlog.get_logger(record.name).log(level, record.getMessage(), logger=record.name)
         except Exception:
             pass
+
+
+_STANDARD = (logging.DEBUG, logging.INFO, logging.WARNING, logging.ERROR, logging.CRITICAL)
 
 
 def _bridge_stdlib(level: str) -> None:

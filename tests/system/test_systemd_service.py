@@ -8,6 +8,7 @@ docs/systemd.md), and the environment file's interval is set to 1 s.
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from collections.abc import Iterator
@@ -176,12 +177,21 @@ def test_reload_with_broken_config_keeps_running(svc: StagedService) -> None:
     before = svc.wait_records(1, run_id)[-1]["seq"]
     # A YAML syntax error: a broken value for a key the environment file also sets
     # (measurement_interval, which the fixture sets there) would be masked by it and never seen.
-    svc.sd.write(CONFIG, svc.sd.path(CONFIG).read_text() + "oops: [unclosed\n", 0o640)
+    good = svc.sd.path(CONFIG).read_text()
+    svc.sd.write(CONFIG, good + "oops: [unclosed\n", 0o640)
     cur = svc.cursor()
-    svc.sd.systemctl("reload", UNIT, check=True)
-    rejected = wait_for(
-        lambda: [e for e in svc.events(cur) if e.get("event") == "reload_rejected"], 5, what="reload_rejected"
-    )
+    r = svc.sd.systemctl("reload", UNIT)
+    # ExecReload waits for that reload's outcome: a rejected config fails `systemctl reload` ...
+    assert r.returncode != 0, r.stdout + r.stderr
+    assert "failed" in r.stderr, r.stderr
+    rejected = [e for e in svc.events(cur) if e.get("event") == "reload_rejected"]  # logged before it returned
+    # ... and the reason is in the journal at err priority, from ExecReload itself (status=78/CONFIG).
+    why = at_priority(svc, "err", cur)
+    reason = [ln for ln in why if ln.startswith("tta-carbon: reload rejected: ")]
+    assert len(reason) == 1 and "YAML syntax error" in reason[0] and CONFIG in reason[0], why
+    text = svc.journal(cur, unit_only=False)
+    assert "Control process exited, code=exited, status=78/CONFIG" in text, text
+    assert reason[0] in svc.sd.status(UNIT)  # `systemctl status` shows why the reload failed
     time.sleep(2.5)  # keeps measuring on the old config ...
     assert svc.props("ActiveState", "MainPID") == {"ActiveState": "active", "MainPID": str(pid)}
     assert svc.records()[-1]["seq"] >= before + 2
@@ -189,6 +199,71 @@ def test_reload_with_broken_config_keeps_running(svc: StagedService) -> None:
     errors = [e for e in svc.events(cur) if e.get("level") == "error"]
     assert len(rejected) == 1 and errors == rejected, errors
     assert "YAML syntax error" in rejected[0]["error"] and CONFIG in rejected[0]["error"]
+
+    # Fixed (and changed): the next reload exits 0 and the new value is in force on return.
+    svc.sd.write(CONFIG, good, 0o640)
+    set_env(svc, "CARBON_PROJECT_NAME", "after-reload")  # the environment file sets it (outranks YAML)
+    cur = svc.cursor()
+    r = svc.sd.systemctl("reload", UNIT)
+    assert r.returncode == 0, r.stdout + r.stderr
+    reloaded = [e for e in svc.events(cur) if e.get("event") == "reloaded"]
+    assert len(reloaded) == 1 and reloaded[0]["project"] == "after-reload", svc.journal(cur)
+    assert svc.main_pid() == pid
+    assert svc.wait_records(1 + len(svc.records()))[-1]["project"] == "after-reload"
+
+
+# ---- journal priorities ----------------------------------------------------------------------
+
+
+def at_priority(svc: StagedService, prio: str, after: str) -> list[str]:
+    """The unit's messages since the cursor ``after`` that ``journalctl -u UNIT -p PRIO`` selects.
+
+    Not ``--after-cursor``: journalctl 252 combined with ``-u`` and ``-p`` skips matching
+    entries (seen here: an err line missing that ``-p err`` without the cursor shows). The
+    cursor's realtime stamp (``t=``, hex microseconds) does the "since" part instead.
+    """
+    since = int(re.search(r"(?:^|;)t=([0-9a-f]+)", after).group(1), 16)
+    out = svc.sd.journalctl("-u", UNIT, "-p", prio, "-o", "json")
+    entries = [json.loads(line) for line in out.splitlines() if line.strip()]
+    return [e["MESSAGE"] for e in entries if int(e["__REALTIME_TIMESTAMP"]) > since and isinstance(e["MESSAGE"], str)]
+
+
+def event_names(lines: list[str]) -> list[str]:
+    return [json.loads(ln).get("event", "") for ln in lines if ln.startswith("{")]
+
+
+def test_journal_priorities_follow_log_levels(svc: StagedService) -> None:
+    cur = svc.cursor()
+    start(svc)
+    # Library loggers (codecarbon) warn on these VMs (no RAPL, unknown CPU): priority 4 exactly.
+    lib_warnings = wait_for(
+        lambda: [ln for ln in at_priority(svc, "warning..warning", cur) if '"logger": "codecarbon"' in ln],
+        20, interval=0.3, what="a codecarbon warning at priority 4")
+    assert all('"level": "warning"' in ln for ln in lib_warnings), lib_warnings
+    # Info lines are in the journal, but not at warning or above.
+    assert "started" in event_names(at_priority(svc, "info", cur))
+    above_info = at_priority(svc, "warning", cur)
+    assert "started" not in event_names(above_info), above_info
+    assert all('"level": "info"' not in ln and '"level": "debug"' not in ln for ln in above_info), above_info
+    assert not at_priority(svc, "err", cur), "no errors yet"
+
+    # A rejected reload: the daemon's reload_rejected line is an err.
+    svc.sd.write(CONFIG, svc.sd.path(CONFIG).read_text() + "oops: [unclosed\n", 0o640)
+    svc.sd.systemctl("reload", UNIT)
+    wait_for(lambda: "reload_rejected" in event_names(at_priority(svc, "err", cur)), 5, what="reload_rejected at err")
+
+    # A config error at start, printed before logging is set up: also an err.
+    svc.sd.systemctl("stop", UNIT, check=True)
+    svc.reset()
+    set_yaml(svc, "country_iso_code", "XXX")
+    cur = svc.cursor()
+    assert svc.sd.systemctl("start", UNIT).returncode != 0
+    errs = wait_for(lambda: [ln for ln in at_priority(svc, "err", cur) if ln.startswith("tta-carbon: config error:")],
+                    5, what="the config error at err priority")
+    assert "invalid country_iso_code='XXX'" in errs[0], errs
+    # The log file holds plain JSON lines: the <N> prefix is for the journal stream only.
+    carbon_log = svc.sd.path("/var/log/tta/staging/carbon.log").read_text().splitlines()
+    assert carbon_log and all(ln.startswith("{") for ln in carbon_log), carbon_log[:3]
 
 
 # ---- stop, crash, watchdog, bad config ------------------------------------------------------
