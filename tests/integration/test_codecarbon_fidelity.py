@@ -7,6 +7,10 @@ too. Bounds (issue 12): CPU within 3 %, RAM within 1 %, average power over the w
 
 The load starts 3 s after the window opens and stops 3 s before it closes, so the few seconds
 our 1 s records and codecarbon's window do not share are idle for both.
+
+:func:`compare_with_codecarbon` is also run by scripts/accuracy_report.py (docs/accuracy.md),
+under this bursty load and under a steady one (one core busy from before the window opens
+until after it closes, so the edges carry the same load for everyone).
 """
 from __future__ import annotations
 
@@ -25,9 +29,15 @@ pytestmark = pytest.mark.slow
 
 WINDOW_S = 120.0  # ~17 bursts: two 1 Hz samplers of different phase average out well inside 3 %
 EDGE_S = 3.0
+CPU_REL, RAM_REL = 0.03, 0.01  # the bounds: average power, relative to codecarbon's
+LOADS = ("bursty", "steady")
+EXPECTED_METHODS = {
+    "default": ['{"cpu": "codecarbon_cpu_load", "ram": "codecarbon_ram_model"}'],
+    "lean": ['{"cpu": "cpu_load_tdp", "ram": "constant"}'],
+}
 
 
-def _average_power(records: list[dict], start: float, stop: float) -> dict[str, float]:
+def _average_power(records: list[dict], start: float, stop: float) -> dict:
     from datetime import datetime
 
     def t(stamp: str) -> float:
@@ -37,15 +47,23 @@ def _average_power(records: list[dict], start: float, stop: float) -> dict[str, 
     seconds = sum(r["duration_s"] for r in inside)
     assert seconds > WINDOW_S - 2 * EDGE_S, f"only {seconds:.1f} s of records inside the window"
     return {c: sum(r["energy_j"][c] for r in inside) / seconds for c in ("cpu", "ram")} | {
-        "methods": sorted({json.dumps(r["energy_method"], sort_keys=True) for r in inside})}
+        "seconds": seconds, "methods": sorted({json.dumps(r["energy_method"], sort_keys=True) for r in inside})}
 
 
-def test_default_and_lean_estimate_agree_with_codecarbon_under_a_bursty_load(tmp_path):
+def _load(env: dict, *args: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "tests.support.bursty_load", *args], cwd=REPO, env=env)
+
+
+def compare_with_codecarbon(workdir: Path, load: str = "bursty") -> dict:
+    """Run the default daemon, the lean estimate and codecarbon's tracker through one window under
+    ``load`` ("bursty" or "steady"); return the average powers (W) of each over that window."""
+    if load not in LOADS:
+        raise ValueError(f"load must be one of {LOADS}, not {load!r}")
     daemons = {
-        "default": DaemonProc(workdir=tmp_path / "default", interval=1.0),
-        "lean": DaemonProc(workdir=tmp_path / "lean", interval=1.0, settings={"energy_source": "cpu_load_tdp"}),
+        "default": DaemonProc(workdir=workdir / "default", interval=1.0),
+        "lean": DaemonProc(workdir=workdir / "lean", interval=1.0, settings={"energy_source": "cpu_load_tdp"}),
     }
-    ref = load = None
+    ref = busy = None
     try:
         for d in daemons.values():
             d.start()
@@ -55,31 +73,40 @@ def test_default_and_lean_estimate_agree_with_codecarbon_under_a_bursty_load(tmp
             assert time.monotonic() < deadline, daemons["default"].stderr()
             time.sleep(0.2)
         env = clean_env()
+        if load == "steady":  # busy before the window opens; killed once the window's records are on disk
+            busy = _load(env, "--steady", str(WINDOW_S + 120))
+            time.sleep(EDGE_S)
         ref = subprocess.Popen([sys.executable, "-m", "tests.support.codecarbon_reference", str(WINDOW_S), "FRA"],
                                cwd=REPO, env=env, stdout=subprocess.PIPE, text=True)
         started = json.loads(ref.stdout.readline())
-        time.sleep(EDGE_S)
-        load = subprocess.Popen([sys.executable, "-m", "tests.support.bursty_load", str(WINDOW_S - 2 * EDGE_S)],
-                                cwd=REPO, env=env)
+        if load == "bursty":
+            time.sleep(EDGE_S)
+            busy = _load(env, str(WINDOW_S - 2 * EDGE_S))
         stopped = json.loads(ref.stdout.readline())
         assert ref.wait(30) == 0
         time.sleep(1.5)  # the last record inside the window is on disk
         ours = {name: _average_power(d.records(), started["t"], stopped["t"]) for name, d in daemons.items()}
     finally:
-        for p in (load, ref):
+        for p in (busy, ref):
             if p is not None and p.poll() is None:
                 p.kill()
                 p.wait()
         for d in daemons.values():
             d.stop()
-    theirs = {"cpu": stopped["cpu_w"], "ram": stopped["ram_w"]}
-    figures = {"window_s": stopped["duration_s"], "codecarbon": theirs,
-               **{n: {c: ours[n][c] for c in ("cpu", "ram")} for n in ours}}
+    return {"load": load, "window_s": stopped["duration_s"],
+            "codecarbon": {"cpu": stopped["cpu_w"], "ram": stopped["ram_w"]},
+            **{n: {c: ours[n][c] for c in ("cpu", "ram")} for n in ours},
+            "seconds": {n: ours[n]["seconds"] for n in ours}, "methods": {n: ours[n]["methods"] for n in ours}}
+
+
+def test_default_and_lean_estimate_agree_with_codecarbon_under_a_bursty_load(tmp_path):
+    figures = compare_with_codecarbon(tmp_path, "bursty")
     print(json.dumps(figures))
-    if os.environ.get("TTA_FIDELITY_OUT"):  # scripts/accuracy_report.py puts these in docs/accuracy.md
+    if os.environ.get("TTA_FIDELITY_OUT"):
         Path(os.environ["TTA_FIDELITY_OUT"]).write_text(json.dumps(figures, indent=1))
-    assert ours["default"]["methods"] == ['{"cpu": "codecarbon_cpu_load", "ram": "codecarbon_ram_model"}']
-    assert ours["lean"]["methods"] == ['{"cpu": "cpu_load_tdp", "ram": "constant"}']
+    theirs = figures["codecarbon"]
+    for name, methods in EXPECTED_METHODS.items():
+        assert figures["methods"][name] == methods, figures
     for name in ("default", "lean"):
-        assert ours[name]["cpu"] == pytest.approx(theirs["cpu"], rel=0.03), (name, ours, theirs)
-        assert ours[name]["ram"] == pytest.approx(theirs["ram"], rel=0.01), (name, ours, theirs)
+        assert figures[name]["cpu"] == pytest.approx(theirs["cpu"], rel=CPU_REL), (name, figures)
+        assert figures[name]["ram"] == pytest.approx(theirs["ram"], rel=RAM_REL), (name, figures)
