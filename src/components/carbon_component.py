@@ -162,14 +162,16 @@ class CarbonComponent:
         accountant = self._accountant
         if accountant is None:
             raise RuntimeError("start() first")
-        now_mono = time.monotonic()
-        self._intensity = intensity = self._chain.current(time.time())  # cheap: no I/O
+        # The interval ends here, on both clocks: reading the source may take a while, and the
+        # record's interval_end must be the same instant its duration is measured to.
+        now_mono, now_wall = time.monotonic(), time.time()
+        self._intensity = intensity = self._chain.current(now_wall)  # cheap: no I/O
         energy, error = self._read_source(final)
         record, warning, write_failed = None, "", False
         if energy is not None:
             cpu_time, warning = self._read_cpu_time()
             record = accountant.account(
-                energy, end_wall=time.time(), elapsed_s=now_mono - self._last_mono, intensity=intensity,
+                energy, end_wall=now_wall, elapsed_s=now_mono - self._last_mono, intensity=intensity,
                 identity=self._identity, final=final, cpu_time=cpu_time,
             )
             self._last_mono = now_mono

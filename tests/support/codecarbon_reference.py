@@ -28,8 +28,10 @@ def main() -> None:
         print(json.dumps({"event": "started", "t": time.time()}), flush=True)
         time.sleep(seconds)
         tracker.stop()
-        duration = time.monotonic() - t0
         data = tracker.final_emissions_data
+        # codecarbon's own duration: the wall time around stop() includes its shutdown, after
+        # its last measurement, and would read its constant RAM model ~1 % low.
+        duration = float(data.duration) if data.duration else time.monotonic() - t0
         print(json.dumps({"event": "stopped", "t": time.time(), "duration_s": duration,
                           "cpu_w": data.cpu_energy * 3.6e6 / duration, "ram_w": data.ram_energy * 3.6e6 / duration}),
               flush=True)
