@@ -107,6 +107,8 @@ class CarbonComponent:
         source, reason = select_source(s.sources)
         try:
             source.open()
+            # The first interval starts when the source took its baseline, not when start() ends.
+            self._last_mono = time.monotonic()
             self._prometheus.set_devices(source.devices)
             self._source = source
             self._source_status = SourceStatus(source.name, True)
@@ -129,7 +131,8 @@ class CarbonComponent:
             )
             self._server.start()
         release_free_memory()  # config parsing, source probing: one-off allocations
-        self._last_mono = time.monotonic()
+        if self._source is None:
+            self._last_mono = time.monotonic()
         return StartReport(reason, self._source_status.error, loaded, attribution)
 
     @property
