@@ -58,7 +58,7 @@ class StartReport:
 
     source: str  # which source and why
     source_error: str  # "" when the source opened
-    ledger: LedgerLoad
+    ledger: LedgerLoad  # its note names a long gap since the last record, or a killed previous run
     attribution: str  # "off", "cgroup v2 at ...", or "unavailable: why"
 
 
@@ -133,6 +133,14 @@ class CarbonComponent:
         release_free_memory()  # config parsing, source probing: one-off allocations
         if self._source is None:
             self._last_mono = time.monotonic()
+        # The first interval has started: the time since the last record is unmeasured. It joins the
+        # totals in memory (/metrics, /healthz) and is saved with the first record, so a run killed
+        # before its first record leaves the gap to be counted, whole, by the next start.
+        loaded = loaded.with_gap(time.time(), s.interval_s)
+        if loaded.gap_s:
+            self._accountant.totals.unmeasured_s += loaded.gap_s
+            self._prometheus.restore(self._accountant.totals)
+            self._publish(None)
         return StartReport(reason, self._source_status.error, loaded, attribution)
 
     @property
@@ -179,7 +187,7 @@ class CarbonComponent:
             )
             self._last_mono = now_mono
             write_failed = not self._ndjson.write(record)
-            write_failed = not self._ledger.save(accountant.totals) or write_failed
+            write_failed = not self._ledger.save(accountant.totals, record) or write_failed
         elif self._ndjson.pending:
             write_failed = not self._ndjson.flush()  # retry what the disk refused earlier
         outcome = IntervalOutcome(time.time(), record, error, warning, self._sink_stats(), write_failed)

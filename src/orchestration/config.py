@@ -35,6 +35,7 @@ from src.orchestration.sources import (
     file_exists,
     locate,
     looks_secret,
+    parse_env_file,
     short_repr,
     show,
     yaml_layer,
@@ -258,12 +259,24 @@ class TTAConfig(BaseSettings):
         layers = [Layer("arguments", dict(init_kwargs), {k: f"argument {k}" for k in init_kwargs}, ARGUMENTS)]
         environ = _environ.get()
         environ = dict(os.environ) if environ is None else environ
-        layers.append(environment_layer(environ, fields))
+        # The environment file is located (arguments, then TTA_ENV_FILE) and parsed before the
+        # environment layer is built, so that a variable systemd copied in from it is named with
+        # its file and line; its own errors still come after the environment's, as before.
         env_path, env_origin = locate(
             init_kwargs.get("env_file"), "TTA_ENV_FILE", environ, layers, "env_file", ENV_FILE_DEFAULT
         )
-        if file_exists(env_path, "environment file", env_origin):
-            layers.append(env_file_layer(env_path, fields))
+        env_pairs: dict[str, tuple[str, str]] | None = None
+        env_file_error: ConfigError | None = None
+        try:
+            if file_exists(env_path, "environment file", env_origin):
+                env_pairs = parse_env_file(env_path)
+        except ConfigError as exc:
+            env_file_error = exc
+        layers.append(environment_layer(environ, fields, env_pairs))
+        if env_file_error is not None:
+            raise env_file_error
+        if env_pairs is not None:
+            layers.append(env_file_layer(env_path, fields, env_pairs))
         yaml_path, yaml_origin = locate(
             init_kwargs.get("config_file"), "TTA_CONFIG", environ, layers, "config_file", CONFIG_FILE_DEFAULT
         )

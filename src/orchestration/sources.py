@@ -99,8 +99,22 @@ def _env_layer(name: str, pairs: dict[str, tuple[str, str]], fields: set[str], k
     return layer
 
 
-def environment_layer(environ: dict[str, str], fields: set[str]) -> Layer:
-    pairs = {k: (v, f"environment variable {k}") for k, v in environ.items()}
+def environment_layer(
+    environ: dict[str, str], fields: set[str], env_file: dict[str, tuple[str, str]] | None = None
+) -> Layer:
+    """The process environment; ``env_file`` is the environment file as parsed (``parse_env_file``).
+
+    Under systemd, EnvironmentFile= hands the file to the process as variables, which outrank
+    the file: a variable holding the file's own value for its name is named with the file's
+    line too ("environment variable X, from <file> line N"), so an error points at what to edit.
+    """
+    env_file = env_file or {}
+    pairs = {}
+    for k, v in environ.items():
+        origin = f"environment variable {k}"
+        if k in env_file and env_file[k][0] == v:
+            origin += f", from {env_file[k][1]}"
+        pairs[k] = (v, origin)
     return _env_layer("environment", pairs, fields, ENVIRONMENT)
 
 
@@ -155,8 +169,10 @@ def parse_env_file(path: Path) -> dict[str, tuple[str, str]]:
     return pairs
 
 
-def env_file_layer(path: Path, fields: set[str]) -> Layer:
-    return _env_layer(f"environment file {show(path)}", parse_env_file(path), fields, ENV_FILE)
+def env_file_layer(path: Path, fields: set[str], pairs: dict[str, tuple[str, str]] | None = None) -> Layer:
+    """The environment file's settings (``pairs``: the file already parsed, else it is read here)."""
+    pairs = parse_env_file(path) if pairs is None else pairs
+    return _env_layer(f"environment file {show(path)}", pairs, fields, ENV_FILE)
 
 
 def yaml_layer(path: Path, fields: set[str]) -> Layer:

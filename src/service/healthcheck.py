@@ -8,6 +8,7 @@ that feeds /metrics.
 from __future__ import annotations
 
 import json
+import os
 import ssl
 import sys
 import time
@@ -18,7 +19,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from src.components.carbon import ndjson_files
-from src.components.carbon.directories import OutputDirUnwritable, probe_writable
+from src.components.carbon.directories import Account, OutputDirUnwritable, probe_writable_as
 from src.components.carbon.health import STALE_AFTER_INTERVALS, stale_after_s
 from src.components.carbon.record import format_methods
 from src.orchestration import ConfigError, TTAConfig
@@ -27,6 +28,9 @@ from src.orchestration.sources import short_repr, show
 from src.service.exit_codes import EX_FAILURE, EX_OK
 
 OK, WARN, FAIL = "ok", "warn", "fail"
+# The unit's User= (deploy/systemd/tta-staging-carbon.service): whom the directories must be
+# writable for. The runbook runs the check as root, who can write anywhere.
+SERVICE_USER = "tta-user"
 _ICON = {OK: "✅", WARN: "⚠️ ", FAIL: "❌"}
 
 
@@ -37,7 +41,36 @@ class Check:
     line: str  # the human line, without the icon
 
 
-def static_checks(load: Callable[[], TTAConfig]) -> tuple[list[Check], TTAConfig | None]:
+def service_account(as_user: str | None = None) -> Account | str | None:
+    """Whom to prove the directories writable for: None for ourselves, or a reason it cannot be done.
+
+    ``as_user`` None: as root, the service user (``SERVICE_USER``) when it exists on this host
+    (no such user, e.g. a development machine: ourselves); not root, ourselves (only root can
+    act as another user, and the service user runs the check as itself). ``as_user`` "" is
+    ourselves; a name is that user (a reason string when there is no such user).
+    """
+    if as_user == "":
+        return None
+    account = Account.lookup(as_user or SERVICE_USER)
+    if as_user is None:
+        return account if os.geteuid() == 0 else None
+    return account if account is not None else f"no such user {show(as_user)}"
+
+
+def _directory_check(name: str, what: str, directory: Path, account: Account | None) -> Check | None:
+    """None when ``directory`` is writable (for ``account``); else the failing check."""
+    try:
+        probe_writable_as(directory, account)
+    except OutputDirUnwritable as exc:
+        return Check(name, FAIL, f"Cannot write to {what}: {exc}")
+    except OSError as exc:  # the probe as the service user could not run at all
+        who = f" as {account.name}" if account is not None else ""
+        return Check(name, FAIL, f"Cannot check {what}{who}: {exc}")
+    return None
+
+
+def static_checks(load: Callable[[], TTAConfig], as_user: str | None = None) -> tuple[list[Check], TTAConfig | None]:
+    """Config, directories and codecarbon. ``as_user``: whose write access to prove (``service_account``)."""
     from src.components.carbon_component import CarbonComponent
 
     checks: list[Check] = []
@@ -46,17 +79,24 @@ def static_checks(load: Callable[[], TTAConfig]) -> tuple[list[Check], TTAConfig
         carbon = CarbonComponent(config)
     except ConfigError as exc:
         return [Check("configuration", FAIL, f"Configuration: invalid: {exc}")], None
+    account = service_account(as_user)
     output_dir = Path(carbon.output_dir)
     if not output_dir.exists():
         checks.append(Check("output_dir", FAIL, f"Output directory does not exist: {output_dir}"))
     elif not output_dir.is_dir():
         checks.append(Check("output_dir", FAIL, f"Output path is not a directory: {output_dir}"))
+    elif isinstance(account, str):
+        checks.append(Check("output_dir", FAIL, f"Cannot check output directory: {account}"))
     else:
-        try:
-            probe_writable(output_dir)
-            checks.append(Check("output_dir", OK, f"Output directory writable: {output_dir}"))
-        except OutputDirUnwritable as exc:
-            checks.append(Check("output_dir", FAIL, f"Cannot write to output directory: {exc}"))
+        failed = _directory_check("output_dir", "output directory", output_dir, account)
+        checks.append(failed or Check("output_dir", OK, f"Output directory writable: {output_dir}"))
+    # The state directory (systemd's StateDirectory=, mode 0750) only gets a line when it exists and the
+    # daemon could not save its totals there; before the first start systemd has not created it yet.
+    state_dir = Path(carbon.settings.state_dir)
+    if state_dir.is_dir() and not isinstance(account, str):
+        failed = _directory_check("state_dir", "state directory", state_dir, account)
+        if failed is not None:
+            checks.append(failed)
     try:
         import codecarbon  # noqa: F401
 
@@ -163,8 +203,9 @@ def live_checks(config: TTAConfig, timeout_s: float, now: float | None = None) -
     return checks
 
 
-def run_check(load: Callable[[], TTAConfig], *, as_json: bool, timeout_s: float, live: bool) -> int:
-    checks, config = static_checks(load)
+def run_check(load: Callable[[], TTAConfig], *, as_json: bool, timeout_s: float, live: bool,
+              as_user: str | None = None) -> int:
+    checks, config = static_checks(load, as_user)
     if config is not None:
         if live:
             checks.extend(live_checks(config, timeout_s))

@@ -43,7 +43,7 @@ MEMORY_LIMIT_BYTES = 2 << 30
 EXEC_CASES = {
     "yaml-bad-indentation", "yaml-python-tag", "yaml-alias-bomb", "env-var-token-typo", "interval-nan",
     "output-dir-empty", "config-missing-named-in-env-file", "env-file-not-utf8", "env-binary-value",
-    "config-missing-explicit-argument",
+    "config-missing-explicit-argument", "env-var-from-env-file",
 }
 EXEC_ALL = os.environ.get("TTA_CORPUS_EXEC_ALL", "") not in ("", "0")
 # Process-environment names a case must not inherit from the host (or from systemd, if tests run under it).

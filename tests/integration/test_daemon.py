@@ -6,8 +6,10 @@ import json
 import signal
 import socket
 import subprocess
+import time
 import urllib.error
 import urllib.request
+from datetime import datetime
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -96,6 +98,74 @@ def test_sigint_also_writes_final_record_and_restart_continues_totals(daemon_fac
         assert resumed["totals"]["energy_j"][c] == pytest.approx(
             last["totals"]["energy_j"][c] + resumed["energy_j"][c], rel=1e-12)
     assert d2.stop() == 0
+
+
+def _epoch(rfc3339: str) -> float:
+    return datetime.fromisoformat(rfc3339).timestamp()
+
+
+def _started_notes(d) -> list[str]:
+    """The ledger note of every "started" line in the daemon's log file (appended across runs)."""
+    events = [json.loads(line) for line in d.log_file.read_text().splitlines() if line.startswith("{")]
+    return [e["ledger"] for e in events if e.get("event") == "started"]
+
+
+def _unmeasured(d) -> tuple[float, float]:
+    """(/metrics counter, /healthz field)."""
+    with urllib.request.urlopen(d.url("/healthz"), timeout=5) as resp:
+        health = json.loads(resp.read())
+    return scrape(d.url())[("tta_carbon_unmeasured_seconds_total", ())], health["unmeasured_s"]
+
+
+def _first_record_of(d, run_records: int) -> tuple[dict, dict]:
+    """(the previous run's last record, this run's first) once this run has written ``run_records``."""
+    recs = d.wait_for_records(run_records)
+    run_id = recs[-1]["run_id"]
+    first = next(r for r in recs if r["run_id"] == run_id)
+    return recs[recs.index(first) - 1], first
+
+
+def test_killed_daemon_leaves_a_counted_gap_that_persists(daemon_factory):
+    """Issue 13: a SIGKILL (watchdog, OOM, power loss) leaves time no record covers; it is counted, not lost."""
+    lean = {"energy_source": "cpu_load_tdp", "attribution_enabled": "false"}  # fast start: the gap is the kill
+    d1 = daemon_factory("k", settings=lean).start()
+    d1.wait_for_records(2)
+    assert _unmeasured(d1) == (0.0, 0.0)  # a fresh ledger has no gap
+    d1.proc.kill()  # SIGKILL: no final record
+    d1.stop()
+    killed_last = d1.records()[-1]
+    assert killed_last["final"] is False and killed_last["totals"]["unmeasured_s"] == 0.0
+    time.sleep(3)
+
+    d2 = daemon_factory("k", settings=lean).start()
+    before, first = _first_record_of(d2, len(d1.records()) + 1)
+    assert before == killed_last
+    gap = _epoch(first["interval_start"]) - _epoch(killed_last["interval_end"])
+    # dead 3 s, plus up to one interval since its last record, plus this start-up
+    assert 3.0 <= gap < 3.0 + d2.interval + 5.0, gap
+    assert first["totals"]["unmeasured_s"] == pytest.approx(gap, abs=0.01)
+    metric, healthz = _unmeasured(d2)
+    assert metric == healthz == d2.records()[-1]["totals"]["unmeasured_s"] == first["totals"]["unmeasured_s"]
+    note = _started_notes(d2)[-1]
+    assert f"unmeasured since the last record ({killed_last['interval_end']})" in note
+    assert "the previous run ended without a final record (killed" in note
+
+    # A clean restart: its own few seconds are counted too, and the total carries on (state file).
+    assert d2.stop() == 0
+    final = d2.records()[-1]
+    assert final["final"] is True and final["totals"]["unmeasured_s"] == first["totals"]["unmeasured_s"]
+    assert json.loads((d2.state_dir / "carbon_state.json").read_text())["totals"]["unmeasured_s"] == \
+        final["totals"]["unmeasured_s"]
+    d3 = daemon_factory("k", settings=lean).start()
+    before, first3 = _first_record_of(d3, len(d2.records()) + 1)
+    assert before == final
+    restart_gap = _epoch(first3["interval_start"]) - _epoch(final["interval_end"])
+    assert 0.0 <= restart_gap < 5.0, restart_gap
+    assert first3["totals"]["unmeasured_s"] == pytest.approx(final["totals"]["unmeasured_s"] + restart_gap, abs=0.01)
+    assert _unmeasured(d3)[0] >= first["totals"]["unmeasured_s"]  # never goes back
+    note3 = _started_notes(d3)[-1]
+    assert "ended without a final record" not in note3  # a clean stop is not reported as a kill
+    assert d3.stop() == 0
 
 
 def test_port_in_use_exits_69_with_one_line(daemon_factory):

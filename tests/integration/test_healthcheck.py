@@ -7,6 +7,8 @@ a pattern and range-checked) and the exit code: 0 healthy, 1 failing; a warning 
 from __future__ import annotations
 
 import json
+import os
+import pwd
 import re
 import shutil
 import signal
@@ -20,7 +22,15 @@ from pathlib import Path
 import pytest
 
 from tests.fixtures.fake_rapl import FakeRapl
-from tests.integration.ops_helpers import REPO, TTA_CARBON, OpsDaemon, as_user, clean_env, read_only
+from tests.integration.ops_helpers import (
+    REPO,
+    TTA_CARBON,
+    OpsDaemon,
+    as_user,
+    clean_env,
+    read_only,
+    require_root,
+)
 
 ESTIMATED = "⚠️  Energy method: estimated, not measured (cpu=codecarbon_cpu_load, ram=codecarbon_ram_model)"
 HIDDEN = "codecarbon deliberately hidden by this test"
@@ -211,6 +221,93 @@ def test_unwritable_dir_as_unprivileged_user(world_tmp: Path) -> None:
         "✅ Configuration: Valid",
     ])
     assert rc == 1
+
+
+# -- run as root, checked as the service account (issue 13, item 11a) ------------------------
+
+def _static(s: OpsDaemon, as_user: str | None = None) -> list[tuple[str, str, str]]:
+    """static_checks in this (root) process, on exactly the settings `s.check()` would use."""
+    from src.service.cli import build_parser, load_config
+    from src.service.healthcheck import static_checks
+
+    args = build_parser().parse_args(["check", *s.cli_args()])
+    load = lambda: load_config(args, environ={})  # noqa: E731
+    checks, config = static_checks(load) if as_user is None else static_checks(load, as_user)
+    assert config is not None
+    return [(c.name, c.status, c.line) for c in checks]
+
+
+def test_probe_as_another_user_uses_that_users_permissions(world_tmp: Path) -> None:
+    """Root writes anywhere: the probe forks, drops to the account, and this process keeps its identity."""
+    require_root()
+    from src.components.carbon.directories import Account, OutputDirUnwritable, probe_writable_as
+
+    nobody = Account.lookup("nobody")
+    assert nobody is not None
+    root_owned = world_tmp / "root-owned"
+    root_owned.mkdir(mode=0o755)
+    ids = (os.getuid(), os.geteuid(), os.getgid(), os.getegid(), os.getgroups())
+    with pytest.raises(OutputDirUnwritable) as info:
+        probe_writable_as(root_owned, nobody)
+    assert str(info.value) == f"cannot write to {root_owned} as nobody (uid {nobody.uid}): Permission denied"
+    probe_writable_as(root_owned, None)  # as ourselves (root): writable
+    os.chown(root_owned, nobody.uid, nobody.gid)
+    probe_writable_as(root_owned, nobody)  # owned by nobody: writable for nobody
+    group_dir = world_tmp / "group-writable"
+    group_dir.mkdir()
+    os.chown(group_dir, 0, nobody.gid)
+    group_dir.chmod(0o770)
+    probe_writable_as(group_dir, nobody)  # through its group, as systemd's Group= would give it
+    assert (os.getuid(), os.geteuid(), os.getgid(), os.getegid(), os.getgroups()) == ids
+    assert list(root_owned.iterdir()) == [] and list(group_dir.iterdir()) == []
+
+
+def test_root_check_fails_when_the_service_user_cannot_write(world_tmp: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The runbook runs the check as root: it must answer for the unit's User=, not for root."""
+    require_root()
+    import src.service.healthcheck as healthcheck
+
+    nobody = pwd.getpwnam("nobody")
+    monkeypatch.setattr(healthcheck, "SERVICE_USER", "nobody", raising=False)  # this host's service user
+    s = OpsDaemon(world_tmp)
+    s.output_dir.mkdir(mode=0o755)  # created by hand as root, as in the production mistake
+    s.state_dir.mkdir(mode=0o750)
+    checks = _static(s)
+    assert [(name, status) for name, status, _ in checks] == [
+        ("output_dir", "fail"), ("state_dir", "fail"), ("codecarbon", "ok"), ("configuration", "ok")]
+    assert [line for _, _, line in checks[:2]] == [
+        f"Cannot write to output directory: cannot write to {s.output_dir} as nobody (uid {nobody.pw_uid}): "
+        "Permission denied",
+        f"Cannot write to state directory: cannot write to {s.state_dir} as nobody (uid {nobody.pw_uid}): "
+        "Permission denied",
+    ]
+    # As systemd's LogsDirectory= / StateDirectory= leave them: owned by User=. Then the lines are the guide's.
+    for d in (s.output_dir, s.state_dir):
+        os.chown(d, nobody.pw_uid, nobody.pw_gid)
+    assert [c[2] for c in _static(s)] == [line.removeprefix("✅ ") for line in static_ok(s)]
+    assert _static(s, as_user="") == _static(s)  # as root itself: writable either way
+    assert list(s.output_dir.iterdir()) == [] and list(s.state_dir.iterdir()) == []
+
+
+def test_root_check_as_a_missing_user(world_tmp: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    require_root()
+    import src.service.healthcheck as healthcheck
+
+    s = OpsDaemon(world_tmp)
+    s.output_dir.mkdir()
+    # The default service user absent (a development machine): the probe runs as ourselves, as before.
+    monkeypatch.setattr(healthcheck, "SERVICE_USER", "tta-no-such-user")
+    assert [c[2] for c in _static(s)] == [line.removeprefix("✅ ") for line in static_ok(s)]
+    # Named explicitly (`as_user`), a missing user is a failure, not a silent probe as root.
+    assert _static(s, as_user="tta-no-such-user")[0] == (
+        "output_dir", "fail", "Cannot check output directory: no such user tta-no-such-user")
+
+
+def test_service_user_is_the_units_user() -> None:
+    from src.service.healthcheck import SERVICE_USER
+
+    unit = (REPO / "deploy" / "systemd" / "tta-staging-carbon.service").read_text()
+    assert re.findall(r"^User=(.*)$", unit, re.MULTILINE) == [SERVICE_USER]
 
 
 def test_missing_dir(world_tmp: Path) -> None:

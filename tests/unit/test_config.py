@@ -281,6 +281,50 @@ def test_yaml_overrides_without_yaml_file(tmp_path: Path) -> None:
     assert c.setting_origins()["log_level"] == [("env_file", f"{tmp_path / 'env'} line 1")]
 
 
+# --------------------------------------------------------------------------- systemd's EnvironmentFile= (issue 13)
+
+
+def test_env_var_holding_the_env_files_value_names_the_file_and_line(cfg: Cfg) -> None:
+    """systemd passes the environment file as process variables: the error points at the file's line."""
+    cfg.envfile("# staging\nTTA_ENV=staging\nCARBON_LOG_LEVEL=info\nCARBON_MEASUREMENT_INTERVAL=abc\n")
+    cfg.env(TTA_ENV="staging", CARBON_LOG_LEVEL="info", CARBON_MEASUREMENT_INTERVAL="abc")
+    msg = cfg.error("invalid measurement_interval='abc' (environment variable CARBON_MEASUREMENT_INTERVAL, "
+                    f"from {cfg.env_path} line 4): ")
+    assert msg.count("line") == 1
+
+
+def test_env_var_typo_holding_the_env_files_value_names_the_file_and_line(cfg: Cfg) -> None:
+    cfg.envfile("CARBON_PROJECT_NAME=x\nexport CARBON_LOGLEVEL='debug'\n")
+    cfg.env(CARBON_PROJECT_NAME="x", CARBON_LOGLEVEL="debug")  # quotes and `export` as the file parser reads them
+    cfg.error("unknown setting CARBON_LOGLEVEL='debug' (environment variable CARBON_LOGLEVEL, "
+              f"from {cfg.env_path} line 2)")
+
+
+def test_env_var_differing_from_the_env_file_is_only_the_variable(cfg: Cfg) -> None:
+    cfg.envfile("CARBON_MEASUREMENT_INTERVAL=15\n")
+    cfg.env(CARBON_MEASUREMENT_INTERVAL="abc")
+    msg = cfg.error("invalid measurement_interval='abc' (environment variable CARBON_MEASUREMENT_INTERVAL): ")
+    assert str(cfg.env_path) not in msg
+
+
+def test_env_file_errors_still_come_after_the_environments(cfg: Cfg) -> None:
+    """Parsing the file first (to name its lines) does not change which error is reported."""
+    cfg.envfile("CARBON_LOG_LEVEL=info\nnot a line\n")
+    cfg.env(CARBON_MESUREMENT_INTERVAL="5")
+    cfg.error("unknown setting CARBON_MESUREMENT_INTERVAL='5' (environment variable CARBON_MESUREMENT_INTERVAL)")
+    os.environ.pop("CARBON_MESUREMENT_INTERVAL")
+    cfg.error(f"environment file {cfg.env_path} line 2: expected KEY=value")
+
+
+def test_setting_origins_name_the_env_file_behind_a_variable(cfg: Cfg) -> None:
+    cfg.envfile("# x\nCARBON_LOG_LEVEL=warning\n")
+    cfg.env(CARBON_LOG_LEVEL="warning")
+    assert cfg.load().setting_origins()["log_level"] == [
+        ("environment", f"environment variable CARBON_LOG_LEVEL, from {cfg.env_path} line 2"),
+        ("env_file", f"{cfg.env_path} line 2"),
+    ]
+
+
 @pytest.mark.parametrize(("yaml_key", "env_line", "secret"), [
     ("electricitymaps_token", f"CARBON_ELECTRICITYMAPS_TOKEN={TOKEN}", True),
     ("log_level", "CARBON_LOG_LEVEL=debug", False),

@@ -10,7 +10,9 @@ import errno
 import gzip
 import json
 import os
+import shutil
 import socket
+import subprocess
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -32,6 +34,7 @@ from src.components.carbon.intensity import DEFAULT_ELECTRICITYMAPS_URL
 from src.components.carbon.ledger import STATE_FILE, Ledger, LedgerLoad, LedgerOrigin, SaveStats
 from src.components.carbon.outcome import IntervalOutcome, MeasurementStats, SinkStats
 from src.components.carbon.record import ComponentEnergy, EmissionsRecord, Intensity, IntervalEnergy, Totals
+from src.components.carbon.sinks.prometheus import PrometheusSink
 from src.components.carbon.sources import procstat
 from src.orchestration.config import TTAConfig
 from src.orchestration.settings import apply_live, component_settings
@@ -412,6 +415,118 @@ def test_ledger_note_for_every_origin_is_one_distinct_line():
     notes = {o: LedgerLoad(t, o, "f.json", "state file s is damaged (x); kept as y").note for o in LedgerOrigin}
     assert all(n and "\n" not in n for n in notes.values())
     assert len(set(notes.values())) == len(LedgerOrigin)
+
+
+# -- unmeasured time between runs (issue 13, item 11c) ---------------------------------------
+
+
+def _with_unmeasured(recs: list[EmissionsRecord], unmeasured_s: float) -> list[EmissionsRecord]:
+    out = []
+    for r in recs:
+        totals = r.totals.copy()
+        totals.unmeasured_s = unmeasured_s
+        out.append(dataclasses.replace(r, totals=totals))
+    return out
+
+
+def test_ledger_knows_the_last_record_and_counts_the_gap_to_the_first_interval(tmp_path):
+    state_dir, out = tmp_path / "st", tmp_path / "out"
+    state_dir.mkdir()
+    recs = _with_unmeasured(make_records(3), 7.5)
+    write_ndjson(live_path(out, recs[0]), recs)
+    assert Ledger(state_dir, out).save(recs[2].totals, recs[2]) is True
+    saved = json.loads((state_dir / STATE_FILE).read_text())
+    assert saved["totals"]["unmeasured_s"] == 7.5
+    assert saved["last"] == {"interval_end": recs[2].interval_end, "final": False}
+    load = Ledger(state_dir, out).load()
+    assert load.origin is LedgerOrigin.STATE and load.totals.unmeasured_s == 7.5  # restored like the totals
+    end = END_WALL + 2 * 15
+    # Killed (no final record): the gap is named however short, with the previous run's fate.
+    gapped = load.with_gap(end + 3.25, interval_s=15.0)
+    assert gapped.gap_s == pytest.approx(3.25) and gapped.gap_notable
+    assert gapped.note == (f"totals continue from {state_dir / STATE_FILE} (seq 3); 3.2s unmeasured since the last "
+                           f"record ({recs[2].interval_end}): the previous run ended without a final record "
+                           "(killed: watchdog, SIGKILL, power loss); unmeasured_s now 10.8")
+    assert load.with_gap(end - 60, 15.0).gap_s == 0.0  # the clock stepped back: nothing counted, nothing negative
+
+
+def test_ledger_gap_after_a_clean_stop_is_counted_and_named_only_when_long(tmp_path):
+    state_dir = tmp_path / "st"
+    state_dir.mkdir()
+    recs = make_records(2)
+    final = dataclasses.replace(recs[1], final=True)
+    Ledger(state_dir).save(final.totals, final)
+    load = Ledger(state_dir).load()
+    end = END_WALL + 15
+    restart = load.with_gap(end + 2.0, interval_s=15.0)  # systemctl restart: a couple of seconds
+    assert restart.gap_s == pytest.approx(2.0) and not restart.gap_notable
+    assert restart.note == load.note
+    long = load.with_gap(end + 23.0, interval_s=15.0)  # more than 1.5 intervals
+    assert long.gap_notable and "23.0s unmeasured" in long.note and "stopped cleanly (final record)" in long.note
+
+
+def test_ledger_gap_reference_comes_from_the_records_when_the_state_file_cannot_say(tmp_path):
+    state_dir, out = tmp_path / "st", tmp_path / "out"
+    state_dir.mkdir()
+    recs = _with_unmeasured(make_records(3), 4.0)
+    write_ndjson(live_path(out, recs[0]), recs)
+    # A state file from before this change: no "last", no unmeasured_s.
+    (state_dir / STATE_FILE).write_text(json.dumps({"version": 1, "totals": {
+        k: v for k, v in recs[2].totals.to_dict().items() if k != "unmeasured_s"}}))
+    load = Ledger(state_dir, out).load()
+    assert load.origin is LedgerOrigin.STATE and load.totals.unmeasured_s == 0.0
+    assert load.last is not None and load.last.interval_end == recs[2].interval_end
+    # Killed between appending record 3 and saving its state: the record's totals (its unmeasured_s) win.
+    Ledger(state_dir).save(recs[1].totals, recs[1])
+    load = Ledger(state_dir, out).load()
+    assert load.origin is LedgerOrigin.RECORD_AHEAD and load.totals.unmeasured_s == 4.0
+    assert load.last is not None and load.last.interval_end == recs[2].interval_end
+    # State file damaged: rebuilt from the records, unmeasured_s included.
+    (state_dir / STATE_FILE).write_bytes(b"{not json")
+    load = Ledger(state_dir, out).load()
+    assert load.origin is LedgerOrigin.REBUILT and load.totals.unmeasured_s == 4.0
+    assert load.last is not None and load.last.interval_end == recs[2].interval_end
+    # No reference at all (fresh): no gap, no note.
+    fresh = Ledger(tmp_path / "none", tmp_path / "none-out").load().with_gap(END_WALL, 15.0)
+    assert fresh.gap_s is None and fresh.note == "no state file; totals start at zero"
+
+
+def test_ledger_gap_reference_is_the_later_of_state_file_and_records(tmp_path):
+    state_dir, out = tmp_path / "st", tmp_path / "out"
+    state_dir.mkdir()
+    old = make_records(5)  # left over from before the operator removed the state file
+    write_ndjson(live_path(out, old[0]), old)
+    new = make_records(2, end_wall=END_WALL + 600)  # the new ledger's records, later, lower seq
+    Ledger(state_dir).save(new[1].totals, new[1])
+    load = Ledger(state_dir, out).load()
+    assert load.origin is LedgerOrigin.STATE and load.last is not None
+    assert load.last.interval_end == new[1].interval_end  # not the older record with the higher seq
+    # Saves failing for a while: the state file's "last" is older than the newest record, which wins.
+    Ledger(state_dir).save(old[1].totals, old[1])
+    load = Ledger(state_dir, out).load()
+    assert load.last is not None and load.last.interval_end == old[4].interval_end
+
+
+def test_record_and_metrics_carry_unmeasured_seconds():
+    recs = _with_unmeasured(make_records(2), 12.5)
+    assert recs[0].to_json_dict()["totals"]["unmeasured_s"] == 12.5
+    with pytest.raises(ValueError, match="unmeasured_s must be a finite non-negative number"):
+        Totals.from_dict({**Totals().to_dict(), "unmeasured_s": -1})
+    sink = PrometheusSink()
+    health = build_health(DaemonInfo("v", "p", "e", 15.0, 900.0), SourceStatus("rapl", True), MeasurementStats(),
+                          recs[0].totals, SinkStats(), INTENSITY)
+    assert health.as_dict()["unmeasured_s"] == 12.5  # /healthz
+    sink.restore(recs[0].totals)  # at start, before the first record
+    sink.update(health, None)
+    page = sink.page().decode()
+    assert "# TYPE tta_carbon_unmeasured_seconds_total counter" in page
+    assert "\ntta_carbon_unmeasured_seconds_total 12.5\n" in page
+    sink.update(health, recs[1])
+    assert "\ntta_carbon_unmeasured_seconds_total 12.5\n" in sink.page().decode()
+    if shutil.which("promtool"):
+        res = subprocess.run(["promtool", "check", "metrics"], check=False, input=sink.page().decode(),
+                             capture_output=True, text=True)
+        assert res.returncode == 0, res.stdout + res.stderr
 
 
 def test_ledger_save_failure_is_counted_then_recovers(tmp_path):

@@ -88,7 +88,7 @@ class Accountant:
             intensity=intensity,
             energy_method=methods,
             estimated=any(m not in MEASURED_METHODS for m in methods.values()),
-            totals=Totals(totals.seq, dict(totals.energy_j), dict(totals.emissions_g)),
+            totals=totals.copy(),
             final=final,
             devices_j=dict(energy.devices),
             energy_assumptions=dict(energy.assumptions),

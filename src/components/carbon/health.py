@@ -70,6 +70,7 @@ class HealthSnapshot:
     total_emissions_g: float = 0.0
     total_energy_j: float = 0.0
     seq: int = 0
+    unmeasured_s: float = 0.0  # Totals.unmeasured_s: seconds between runs no record covers
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -111,7 +112,7 @@ def build_health(
         output_bytes=output_bytes, log_file_bytes=log_file_bytes,
         last_power_w=sum(last.power_w.values()) if last else 0.0,
         total_emissions_g=sum(totals.emissions_g.values()), total_energy_j=sum(totals.energy_j.values()),
-        seq=totals.seq,
+        seq=totals.seq, unmeasured_s=totals.unmeasured_s,
     )
 
 

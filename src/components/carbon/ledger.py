@@ -5,15 +5,19 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from datetime import datetime
 from enum import Enum
 from pathlib import Path
 
 from src.components.carbon import ndjson_files
-from src.components.carbon.record import Totals
+from src.components.carbon.record import EmissionsRecord, Totals
 
 STATE_FILE = "carbon_state.json"
 STATE_VERSION = 1
+# A gap between runs longer than this many intervals is named in the start-up log (every gap is
+# counted in Totals.unmeasured_s, a clean restart's few seconds included).
+NOTABLE_GAP_INTERVALS = 1.5
 
 
 class LedgerOrigin(Enum):
@@ -27,19 +31,65 @@ class LedgerOrigin(Enum):
 
 
 @dataclass(frozen=True, slots=True)
+class LastRecord:
+    """The newest record the totals include: when it ended, and whether its run stopped cleanly."""
+
+    interval_end: str  # RFC 3339 UTC, as in the record
+    final: bool  # the run's final record (SIGTERM/SIGINT); False: the run was killed or lost power after it
+
+    @property
+    def end_epoch(self) -> float | None:
+        try:
+            return datetime.fromisoformat(self.interval_end).timestamp()
+        except (TypeError, ValueError):
+            return None
+
+    def to_dict(self) -> dict[str, object]:
+        return {"interval_end": self.interval_end, "final": self.final}
+
+    @classmethod
+    def from_record(cls, rec: object) -> LastRecord | None:
+        """From a record's (or the state file's) ``interval_end`` and ``final``; None when unusable."""
+        if not isinstance(rec, dict) or not isinstance(rec.get("interval_end"), str):
+            return None
+        last = cls(rec["interval_end"], rec.get("final") is True)
+        return last if last.end_epoch is not None else None
+
+
+@dataclass(frozen=True, slots=True)
 class LedgerLoad:
     totals: Totals
     origin: LedgerOrigin
     where: str  # the file the totals came from ("" for FRESH and ZERO_AFTER_DAMAGE)
     damage: str = ""  # "state file X is damaged (why); kept as Y" when the state file was unreadable
+    last: LastRecord | None = None  # the newest record the totals include; None: none, or unknown (old state file)
+    gap_s: float | None = None  # unmeasured seconds from ``last`` to this run's first interval (``with_gap``)
+    gap_notable: bool = False  # the start-up log names the gap (long, or the previous run was killed)
 
     @property
     def damaged(self) -> bool:
         return bool(self.damage)
 
+    def with_gap(self, first_interval_start: float, interval_s: float) -> LedgerLoad:
+        """This load, knowing when this run's first interval began (wall clock, epoch seconds).
+
+        The gap since the last record is unmeasured: the previous run's restart delay after a
+        clean stop, or the time it was dead after a kill. A clock stepped back counts as 0.
+        """
+        last = self.last
+        end = last.end_epoch if last is not None else None
+        if last is None or end is None:
+            return self
+        gap = max(0.0, first_interval_start - end)
+        notable = gap > NOTABLE_GAP_INTERVALS * interval_s or not last.final
+        return replace(self, gap_s=gap, gap_notable=notable)
+
     @property
     def note(self) -> str:
         """One line for the start-up log."""
+        return self._origin_note() + self._gap_note()
+
+    def _origin_note(self) -> str:
         seq = self.totals.seq
         match self.origin:
             case LedgerOrigin.FRESH:
@@ -52,6 +102,14 @@ class LedgerLoad:
                 return f"{self.damage}; totals rebuilt from the record with the highest seq ({seq}, {self.where})"
             case LedgerOrigin.ZERO_AFTER_DAMAGE:
                 return f"{self.damage}; no readable records; totals start at zero"
+
+    def _gap_note(self) -> str:
+        if not self.gap_notable or self.gap_s is None or self.last is None:
+            return ""
+        how = ("the previous run stopped cleanly (final record)" if self.last.final else
+               "the previous run ended without a final record (killed: watchdog, SIGKILL, power loss)")
+        return (f"; {self.gap_s:.1f}s unmeasured since the last record ({self.last.interval_end}): {how}; "
+                f"unmeasured_s now {self.totals.unmeasured_s + self.gap_s:.1f}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,19 +148,27 @@ class Ledger:
             found = self._latest_record(all_files=True)
             if found is None:
                 return LedgerLoad(Totals(), LedgerOrigin.ZERO_AFTER_DAMAGE, "", damage)
-            rebuilt, where = found
-            return LedgerLoad(rebuilt, LedgerOrigin.REBUILT, where, damage)
+            rebuilt, where, last = found
+            return LedgerLoad(rebuilt, LedgerOrigin.REBUILT, where, damage, last)
+        # Written by this version with each save; absent from older state files.
+        saved_last = LastRecord.from_record(data.get("last"))
         found = self._latest_record(all_files=False)
         if found is not None:
-            newer, where = found
+            newer, where, last = found
             # Killed between appending record N and saving state N: the record is the truth.
             if newer.seq == totals.seq + 1 and all(
                 newer.energy_j[c] >= totals.energy_j[c] for c in totals.energy_j
             ):
-                return LedgerLoad(newer, LedgerOrigin.RECORD_AHEAD, where)
-        return LedgerLoad(totals, LedgerOrigin.STATE, str(self.path))
+                return LedgerLoad(newer, LedgerOrigin.RECORD_AHEAD, where, last=last)
+            # The last measured moment is the later of the state file's and the newest record's: an older
+            # state file has no "last", one left behind by failing saves an old one; records left over
+            # from before the state file was reset are older than its "last", and lose.
+            if newer.seq >= totals.seq and last is not None and (
+                    saved_last is None or (last.end_epoch or 0.0) > (saved_last.end_epoch or 0.0)):
+                saved_last = last
+        return LedgerLoad(totals, LedgerOrigin.STATE, str(self.path), last=saved_last)
 
-    def _latest_record(self, *, all_files: bool) -> tuple[Totals, str] | None:
+    def _latest_record(self, *, all_files: bool) -> tuple[Totals, str, LastRecord | None] | None:
         """Cumulative totals of the record with the highest seq (the newest live file only, or all)."""
         if self.records_dir is None:
             return None
@@ -114,7 +180,7 @@ class Ledger:
                 files = [newest] if newest is not None else []
         except OSError:
             return None
-        best: tuple[Totals, str] | None = None
+        best: tuple[Totals, str, LastRecord | None] | None = None
         for path in files:
             try:
                 lines = ndjson_files.read_lines(path)
@@ -125,20 +191,23 @@ class Ledger:
                     rec = json.loads(raw)
                     t = rec["totals"]
                     totals = Totals.from_dict({"seq": rec["seq"], "energy_j": t["energy_j"],
-                                               "emissions_g": t["emissions_g"]})
+                                               "emissions_g": t["emissions_g"],
+                                               "unmeasured_s": t.get("unmeasured_s", 0.0)})
                 except (ValueError, KeyError, TypeError, AttributeError):
                     continue
                 if best is None or totals.seq >= best[0].seq:
-                    best = totals, path.name
+                    best = totals, path.name, LastRecord.from_record(rec)
         return best
 
-    def save(self, totals: Totals) -> bool:
+    def save(self, totals: Totals, record: EmissionsRecord | None = None) -> bool:
         """temp + fsync + rename: a crash leaves either the old or the new file, never half of one.
 
-        Returns whether it worked; a failure is counted in ``stats`` (the records still have the totals).
+        ``record``: the record these totals end with; its ``interval_end`` and ``final`` are kept so
+        the next start can count the gap to its first interval. Returns whether it worked; a
+        failure is counted in ``stats`` (the records still have the totals).
         """
         try:
-            self._write(totals)
+            self._write(totals, LastRecord(record.interval_end, record.final) if record is not None else None)
         except OSError as exc:
             self.stats = SaveStats(self.stats.errors + 1, f"state file {self.path}: {exc.strerror}")
             return False
@@ -146,9 +215,12 @@ class Ledger:
             self.stats = SaveStats(self.stats.errors, "")
         return True
 
-    def _write(self, totals: Totals) -> None:
+    def _write(self, totals: Totals, last: LastRecord | None = None) -> None:
         tmp = self.path.with_name(f".{STATE_FILE}.{os.getpid()}.tmp")
-        payload = json.dumps({"version": STATE_VERSION, "totals": totals.to_dict()}, separators=(",", ":")).encode()
+        state: dict[str, object] = {"version": STATE_VERSION, "totals": totals.to_dict()}
+        if last is not None:
+            state["last"] = last.to_dict()
+        payload = json.dumps(state, separators=(",", ":")).encode()
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
         try:
             os.write(fd, payload)

@@ -73,12 +73,16 @@ class Totals:
     seq: int = 0
     energy_j: dict[str, float] = field(default_factory=lambda: dict.fromkeys(COMPONENTS, 0.0))
     emissions_g: dict[str, float] = field(default_factory=lambda: dict.fromkeys(COMPONENTS, 0.0))
+    # Wall-clock seconds no record covers: from each run's last record to the next run's first
+    # interval (killed, powered off, or just restarting). Only grows; see docs/records.md.
+    unmeasured_s: float = 0.0
 
     def copy(self) -> Totals:
-        return Totals(self.seq, dict(self.energy_j), dict(self.emissions_g))
+        return Totals(self.seq, dict(self.energy_j), dict(self.emissions_g), self.unmeasured_s)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"seq": self.seq, "energy_j": dict(self.energy_j), "emissions_g": dict(self.emissions_g)}
+        return {"seq": self.seq, "energy_j": dict(self.energy_j), "emissions_g": dict(self.emissions_g),
+                "unmeasured_s": self.unmeasured_s}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Totals:
@@ -93,6 +97,11 @@ class Totals:
                 if not value >= 0.0 or value == float("inf"):
                     raise ValueError(f"{name}.{comp} must be a finite non-negative number, got {value!r}")
                 target[comp] = value
+        # Absent from state files and records written before it existed: nothing counted yet.
+        unmeasured = float(data.get("unmeasured_s", 0.0))
+        if not unmeasured >= 0.0 or unmeasured == float("inf"):
+            raise ValueError(f"unmeasured_s must be a finite non-negative number, got {unmeasured!r}")
+        totals.unmeasured_s = unmeasured
         return totals
 
 
@@ -163,6 +172,7 @@ class EmissionsRecord:
                         "total": sum(self.totals.emissions_g.values()),
                     },
                     "records": self.totals.seq,
+                    "unmeasured_s": self.totals.unmeasured_s,
                 },
                 "final": self.final,
             }

@@ -180,6 +180,12 @@ class _SnapshotCollector(Collector):
         yield GaugeMetricFamily(
             "tta_carbon_measurement_interval_seconds", "Configured measurement interval.", value=h.interval_s
         )
+        yield CounterMetricFamily(
+            "tta_carbon_unmeasured_seconds",
+            "Seconds no record covers, between a run's last record and the next run's first interval, "
+            "since the ledger began.",
+            value=self.totals.unmeasured_s,
+        )
         yield CounterMetricFamily("tta_carbon_measurements", "Successful measurements.", value=h.measurements)
         yield CounterMetricFamily(
             "tta_carbon_measurement_errors", "Intervals that could not be measured.", value=h.measurement_errors
@@ -270,7 +276,7 @@ class PrometheusSink:
                 c.gpu_power_w[g] = joules / record.duration_s if record.duration_s > 0 else 0.0
 
     def restore(self, totals: Totals) -> None:
-        self._collector.totals = Totals(totals.seq, dict(totals.energy_j), dict(totals.emissions_g))
+        self._collector.totals = totals.copy()
 
     def page(self) -> bytes:
         return self._page
