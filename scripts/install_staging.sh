@@ -13,11 +13,12 @@
 #
 # What it does, each step only when needed (a second run reports "unchanged"):
 #   1. system group tta-group and user tta-user (no login shell, no home);
-#   2. /var/log/tta/staging/codecarbon, /opt/tta/staging, /etc/tta/staging,
-#      /var/lib/tta/staging with the guide's owners and modes;
+#   2. /var/log/tta/staging/codecarbon, /var/lib/tta/staging (tta-user's),
+#      /opt/tta/staging (root's), /etc/tta/staging (root:tta-group 0750);
 #   3. /opt/tta/staging = git clone of REPO at its HEAD (kept as a git checkout so
 #      rollback_staging.sh can `git checkout` an earlier commit), then
-#      `uv sync --frozen --no-dev --compile-bytecode`;
+#      `uv sync --frozen --no-dev --compile-bytecode`. Code and venv are root's and
+#      writable by root only (tta-user runs the code, root runs it too);
 #   4. config/staging.yaml -> /etc/tta/staging/config.yaml and config/environment ->
 #      /etc/tta/staging/environment only if absent; an edited copy is kept and the
 #      shipped one written beside it as *.dist;
@@ -37,11 +38,13 @@ while [ $# -gt 0 ]; do
     --root) root=$2; shift 2 ;;
     --src) src=$2; shift 2 ;;
     --no-sync) do_sync=0; shift ;;
-    -h|--help) sed -n '2,27p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,26p' "$0"; exit 0 ;;
     *) die "unknown argument: $1 (see --help)" ;;
   esac
 done
 [ "$(id -u)" = 0 ] || die "run as root (creates users, chowns directories)"
+# Files created below (clone, venv) are then not group/world-writable to begin with.
+umask 022
 root=$(cd "$root" && pwd) || die "--root $root does not exist"
 P() { if [ "$root" = / ]; then printf '%s' "$1"; else printf '%s%s' "$root" "$1"; fi; }
 src=$(cd "$src" && pwd)
@@ -85,7 +88,8 @@ ensure_dir() { # path owner group mode
 ensure_dir /var/log/tta/staging "$uid" "$gid" 755
 ensure_dir /var/log/tta/staging/codecarbon "$uid" "$gid" 755
 ensure_dir /var/lib/tta/staging "$uid" "$gid" 750
-ensure_dir /opt/tta/staging "$uid" "$gid" 755
+# The code is root's: tta-user only needs to read it (the guide chowned it to tta-user).
+ensure_dir /opt/tta/staging 0 0 755
 # Config may hold a token (CARBON_ELECTRICITYMAPS_TOKEN): root writes it, the daemon's group reads it.
 ensure_dir /etc/tta/staging 0 "$gid" 750
 
@@ -98,7 +102,7 @@ else
   [ -z "$(git -C "$src" status --porcelain --untracked-files=no)" ] \
     || say "warning: $src has uncommitted changes; deploying its HEAD $want only"
   if [ ! -e "$dest/.git" ]; then
-    # --no-hardlinks: the chown below must not reach the source's object files.
+    # --no-hardlinks: the chmod/chown below must not reach the source's object files.
     git clone --quiet --no-hardlinks "$src" "$dest" || die "$dest must be empty or a git checkout"
     git_in "$dest" checkout --quiet --detach "$want"
     say "code: cloned $src at ${want:0:12}"
@@ -110,9 +114,10 @@ else
     say "code: updated to ${want:0:12}"
   fi
 fi
-# Own the checkout before syncing: uv records the source tree's timestamps, and a
-# chown afterwards (ctime change) would make the next run's sync reinstall the project.
-fix_owner "$dest" "$uid" "$gid"
+# Secure the checkout before syncing: uv records the source tree's timestamps, and a
+# chown/chmod afterwards (ctime change) would make the next run's sync reinstall the project.
+# (An install made by an older version of this script belonged to tta-user: fixed here.)
+secure_code "$dest"
 if [ "$do_sync" = 1 ]; then
   if (cd "$dest" && "$UV" sync --frozen --no-dev --check --quiet >/dev/null 2>&1); then
     say "venv: unchanged"
@@ -127,7 +132,7 @@ if [ "$do_sync" = 1 ]; then
       say "         Use a system Python (UV_PYTHON=/usr/bin/python3.12) or see docs/systemd.md." ;;
   esac
 fi
-fix_owner "$dest" "$uid" "$gid"
+secure_code "$dest"
 
 # -- 4. configuration (guide section 2 and 3) -------------------------------------------
 # Shipped files come from the deployed checkout, so config, unit and code always

@@ -40,6 +40,7 @@ def fixed_notes() -> list[str]:
     ("tta-staging", "tta-staging-carbon.service"),
     ("source", "set -a"),
     ("health_check_carbon.py", "uv run"),
+    ("chown -R tta-user:tta-group /opt/tta/staging", "root"),  # issue 13, item 7
 ])
 def test_each_required_fix_has_a_fixed_note(must: tuple[str, str]) -> None:
     assert any(all(word in note for word in must) for note in fixed_notes()), must
@@ -121,3 +122,24 @@ def test_verify_step_one_liner_still_works(tmp_path: Path) -> None:
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=REPO, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "✅ Carbon component loaded successfully"
+
+
+# ---- issue 13: code ownership, Python 3.12, release source, Alertmanager, retention -------------
+
+ALL_DOCS = (DOC, REPO / "docs" / "operations.md")
+
+
+def command_lines(*docs: Path) -> list[str]:
+    return [ln.strip() for doc in docs for b in code_blocks(doc) for ln in b.splitlines()
+            if ln.strip() and not ln.lstrip().startswith("#")]
+
+
+def test_no_step_gives_the_code_to_the_service_account() -> None:
+    """Item 7: only data, log and state directories are tta-user's; code and venv stay root's."""
+    for line in command_lines(*ALL_DOCS):
+        if re.search(r"\bchown\b|install -d", line) and "/opt/tta" in line:
+            assert "tta-user" not in line, line
+        assert "safe.directory=/opt/tta/staging" not in line, line  # root's checkout needs none
+    lines = command_lines(DOC)
+    assert "sudo install -d -o root -g root -m 0755 /opt/tta/staging" in lines
+    assert "chmod -R go-w /opt/tta/staging" in lines

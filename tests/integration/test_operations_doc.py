@@ -2,7 +2,7 @@
 
 The install mirrors what scripts/install_staging.sh leaves: a source checkout, and
 /opt/tta/staging a clone of it (plus this working tree's uncommitted edits) synced with
-`uv sync --frozen --no-dev --compile-bytecode` and owned by the service account; config from
+`uv sync --frozen --no-dev --compile-bytecode`, root's and writable by root only; config from
 config/staging.yaml + config/environment; a real daemon running this code. Only locations
 are rewritten: /opt, /etc, /var, /usr/local/src paths into a temp dir, port 9880 to a free
 port, `<commit>` to the checkout's commit, the account to one made for the test, and
@@ -100,7 +100,7 @@ def test_local_blocks_run_against_a_local_install(service_account: tuple[str, st
     daemon.start(wait_ready=False)
     try:
         # -- what scripts/install_staging.sh leaves: a source checkout, and /opt/tta/staging a
-        # clone of it synced like the installer does and owned by the service account. Both
+        # clone of it synced like the installer does, root's and writable by root only. Both
         # carry this working tree's uncommitted edits too.
         source = root / "usr/local/src/tta"
         listed = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=REPO, check=True,
@@ -114,7 +114,7 @@ def test_local_blocks_run_against_a_local_install(service_account: tuple[str, st
                     shutil.copy2(src, checkout / rel)
         subprocess.run(["uv", "sync", "--frozen", "--no-dev", "--compile-bytecode", "--quiet"], cwd=opt,
                        env={**env, "UV_LINK_MODE": "copy"}, check=True, timeout=300)
-        subprocess.run(["chown", "-R", f"{user}:{group}", str(opt)], check=True)
+        subprocess.run(["chmod", "-R", "go-w", str(opt)], check=True)
         daemon.wait_records(1)
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=source, capture_output=True, text=True,
                                 check=True).stdout.strip()
@@ -148,3 +148,8 @@ def test_local_blocks_run_against_a_local_install(service_account: tuple[str, st
     with tarfile.open(archives[0]) as tar:  # ... after archiving it
         assert tar.getnames() == [old_file.name]
     assert (logdir / "carbon.log.1").exists()  # logrotate -f rotated the log
+    # The upgrade and rollback blocks (git checkout, uv sync as root) left the code root's and
+    # writable by root only, as the installer does (deployment.md, step 1).
+    offending = [f"{p} {p.lstat().st_uid} {oct(p.lstat().st_mode)}" for p in [opt, *opt.rglob("*")]
+                 if p.lstat().st_uid != 0 or (not p.is_symlink() and p.lstat().st_mode & 0o022)]
+    assert offending == []

@@ -1,13 +1,16 @@
-"""scripts/install_staging.sh into a temporary root (no systemd needed): idempotency and
-what happens to an operator's edited config. The in-namespace run with uv sync,
-daemon-reload and the real service is in test_systemd_service.py."""
+"""scripts/install_staging.sh into a temporary root (no systemd needed): idempotency, what
+happens to an operator's edited config, and who owns the code and the venv. The in-namespace
+run with daemon-reload and the real service is in test_systemd_service.py."""
 
 from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import stat
 import subprocess
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -48,6 +51,19 @@ def install(src: Path, root: Path, *extra: str) -> subprocess.CompletedProcess[s
     )
 
 
+def not_root_only(top: Path) -> list[str]:
+    """Everything under ``top`` (itself included) not owned by root:root, or writable by group
+    or others (symbolic links: owner only; their mode means nothing)."""
+    bad = []
+    for p in [top, *top.rglob("*")]:
+        st = p.lstat()
+        if (st.st_uid, st.st_gid) != (0, 0):
+            bad.append(f"{p}: owner {st.st_uid}:{st.st_gid}")
+        elif not stat.S_ISLNK(st.st_mode) and st.st_mode & 0o022:
+            bad.append(f"{p}: mode {oct(st.st_mode & 0o7777)}")
+    return bad
+
+
 def tree(root: Path) -> dict[str, tuple]:
     """Everything a second run could change: type, mode, owner, mtime, content, link target."""
     out = {}
@@ -86,15 +102,18 @@ def test_first_run_lays_out_the_guide_and_second_run_changes_nothing(src: Path, 
     assert user.endswith(":/nonexistent:/usr/sbin/nologin") and uid < 1000  # system user, no login
     assert mode_owner(root / "var/log/tta/staging/codecarbon") == ("0o755", uid, gid)
     assert mode_owner(root / "var/lib/tta/staging") == ("0o750", uid, gid)
-    assert mode_owner(root / "opt/tta/staging") == ("0o755", uid, gid)
+    assert mode_owner(root / "opt/tta/staging") == ("0o755", 0, 0)
     assert mode_owner(root / "etc/tta/staging") == ("0o750", 0, gid)
     assert mode_owner(root / "etc/tta/staging/config.yaml") == ("0o640", 0, gid)
     assert mode_owner(root / UNIT) == ("0o644", 0, 0)
     assert (root / UNIT).read_bytes() == (src / "deploy/systemd/tta-staging-carbon.service").read_bytes()
     assert (root / f"{UNIT}.d/10-rapl-read.conf").is_file()
-    # The deployed code is a git checkout (rollback needs one), owned as the guide says.
+    # The deployed code is a git checkout (rollback needs one): root's, writable by root only,
+    # not tta-user's as the guide had it (issue 13, item 7). Only data, logs and state are tta-user's.
     assert (root / "opt/tta/staging/.git").is_dir()
-    assert {p.stat().st_uid for p in (root / "opt/tta/staging").rglob("*")} == {uid}
+    assert not_root_only(root / "opt/tta/staging") == []
+    for d in ("var/log/tta/staging", "var/log/tta/staging/codecarbon", "var/lib/tta/staging"):
+        assert (root / d).stat().st_uid == uid, d
 
     before = tree(root)
     second = install(src, root)
@@ -136,3 +155,64 @@ def test_root_without_passwd_is_refused(src: Path, tmp_path: Path) -> None:
     r = install(src, tmp_path)
     assert r.returncode == 1 and "etc/passwd" in r.stderr
     assert not (tmp_path / "opt").exists()
+
+
+def test_an_install_owned_by_tta_user_is_moved_to_root(src: Path, root: Path) -> None:
+    """What the guide (and the previous installer) left: the checkout chowned to tta-user,
+    a group-writable file in it. The installer hands it back to root."""
+    assert install(src, root).returncode == 0
+    uid, gid = ids(root)
+    code = root / "opt/tta/staging"
+    subprocess.run(["chown", "-R", f"{uid}:{gid}", str(code)], check=True)
+    (code / "scripts/health_check_carbon.py").chmod(0o775)
+    r = install(src, root)
+    assert r.returncode == 0, r.stderr
+    assert "code: unchanged" in r.stdout  # git still works in it (safe.directory) before the chown
+    assert not_root_only(code) == []
+
+
+# ---- the venv ------------------------------------------------------------------------------------
+
+@pytest.fixture
+def shm_root() -> Iterator[Path]:
+    """A scratch root in memory (/dev/shm when there is one): a synced venv is ~250 MB."""
+    base = tempfile.mkdtemp(prefix="tta-install-", dir="/dev/shm" if os.access("/dev/shm", os.W_OK) else None)
+    r = Path(base) / "root"
+    (r / "etc").mkdir(parents=True)
+    (r / "etc/passwd").write_text("root:x:0:0:root:/root:/bin/bash\n")
+    (r / "etc/group").write_text("root:x:0:\n")
+    (r / "etc/shadow").write_text("root:*:19000:0:99999:7:::\n")
+    (r / "etc/gshadow").write_text("root:*::\n")
+    try:
+        yield r
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def stats(top: Path) -> dict[str, tuple[int, int, int, int]]:
+    return {str(p): (st.st_mode, st.st_uid, st.st_gid, st.st_mtime_ns)
+            for p in [top, *top.rglob("*")] for st in [p.lstat()]}
+
+
+
+@pytest.mark.skipif(shutil.which("uv") is None, reason="needs uv")
+def test_venv_is_root_only(src: Path, shm_root: Path) -> None:
+    """Issue 13, item 7: code and venv are root's and writable by root only (uv makes
+    .venv/.lock 0666); only data, log and state directories are tta-user's."""
+    root, code = shm_root, shm_root / "opt/tta/staging"
+
+    def sync() -> subprocess.CompletedProcess[str]:
+        return subprocess.run(["bash", str(src / "scripts/install_staging.sh"), "--root", str(root), "--src", str(src)],
+                              capture_output=True, text=True, timeout=300, env={**os.environ, "UV_OFFLINE": "1"})
+
+    r = sync()
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert (code / ".venv/bin/tta-carbon").is_file()
+    assert not_root_only(code) == []  # the checkout and all of .venv
+    uid, _ = ids(root)
+    for d in ("var/log/tta/staging", "var/log/tta/staging/codecarbon", "var/lib/tta/staging"):
+        assert (root / d).stat().st_uid == uid, d
+    before = stats(code)
+    again = sync()
+    assert again.returncode == 0 and "venv: unchanged" in again.stdout, again.stdout + again.stderr
+    assert stats(code) == before
