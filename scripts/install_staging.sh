@@ -2,7 +2,7 @@
 # Install (or update) the carbon daemon for staging: the deployment guide's
 # sections 1-3 as one idempotent script. Run as root.
 #
-# usage: scripts/install_staging.sh [--root DIR] [--src REPO] [--no-sync]
+# usage: [UV_PYTHON=/path/to/python3.12] scripts/install_staging.sh [--root DIR] [--src REPO] [--no-sync]
 #   --root DIR   install into DIR instead of / (also: DESTDIR=DIR); DIR/etc/passwd and
 #                DIR/etc/group must exist (users are added there with useradd --prefix).
 #                The venv is built in place, so it only runs once DIR is the root (image,
@@ -10,6 +10,11 @@
 #   --src REPO   git checkout to deploy (default: the checkout holding this script).
 #                Its committed HEAD is deployed; uncommitted changes are not.
 #   --no-sync    skip `uv sync` (file layout only).
+#   UV_PYTHON    the Python 3.12 to build the venv with (uv's own variable), e.g.
+#                /usr/bin/python3.12 (Ubuntu) or /opt/python3.12/bin/python3.12 (Debian 12,
+#                built from source). Refused under /root, /home, /tmp or /var/tmp: the
+#                unit's sandbox hides those (203/EXEC). An existing venv built with another
+#                interpreter is rebuilt. Unset: uv's choice (.python-version), kept on upgrades.
 #
 # What it does, each step only when needed (a second run reports "unchanged"):
 #   1. system group tta-group and user tta-user (no login shell, no home);
@@ -38,11 +43,13 @@ while [ $# -gt 0 ]; do
     --root) root=$2; shift 2 ;;
     --src) src=$2; shift 2 ;;
     --no-sync) do_sync=0; shift ;;
-    -h|--help) sed -n '2,26p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,31p' "$0"; exit 0 ;;
     *) die "unknown argument: $1 (see --help)" ;;
   esac
 done
 [ "$(id -u)" = 0 ] || die "run as root (creates users, chowns directories)"
+# Before anything changes: an interpreter the service could not run is refused here.
+check_uv_python
 # Files created below (clone, venv) are then not group/world-writable to begin with.
 umask 022
 root=$(cd "$root" && pwd) || die "--root $root does not exist"
@@ -119,18 +126,27 @@ fi
 # (An install made by an older version of this script belonged to tta-user: fixed here.)
 secure_code "$dest"
 if [ "$do_sync" = 1 ]; then
-  if (cd "$dest" && "$UV" sync --frozen --no-dev --check --quiet >/dev/null 2>&1); then
+  venv_py=$(realpath -e "$dest/.venv/bin/python" 2>/dev/null || true)
+  case "${UV_PYTHON:-}" in
+    */*) want_py=$(realpath -e "$UV_PYTHON") ;;
+    *) want_py= ;;
+  esac
+  if [ -n "$venv_py" ] && [ -n "$want_py" ] && [ "$venv_py" != "$want_py" ]; then
+    # uv keeps an existing venv whose Python merely has the right version.
+    rm -rf -- "$dest/.venv"
+    sync_venv "$dest"
+    say "venv: rebuilt with $UV_PYTHON (was $venv_py)"
+  elif [ -n "$venv_py" ] && (cd "$dest" && "$UV" sync --frozen --no-dev --check --quiet >/dev/null 2>&1); then
     say "venv: unchanged"
   else
     sync_venv "$dest"
     say "venv: synced (uv sync --frozen --no-dev --compile-bytecode)"
   fi
   py=$(realpath "$dest/.venv/bin/python" 2>/dev/null || true)
-  case "$py" in
-    /root/*|/home/*|/tmp/*|/var/tmp/*)
-      say "warning: the venv's interpreter is $py; the unit's ProtectHome=/PrivateTmp= hide it (status 203/EXEC)."
-      say "         Use a system Python (UV_PYTHON=/usr/bin/python3.12) or see docs/systemd.md." ;;
-  esac
+  if top=$(hidden_dir "$py"); then
+    say "warning: the venv's interpreter $py is under $top; the unit's ProtectHome=/PrivateTmp= hide it (status 203/EXEC)."
+    say "         Rebuild it with a Python 3.12 under /usr or /opt: UV_PYTHON=... $0 (docs/deployment.md, Python 3.12)."
+  fi
 fi
 secure_code "$dest"
 

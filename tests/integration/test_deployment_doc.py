@@ -41,6 +41,7 @@ def fixed_notes() -> list[str]:
     ("source", "set -a"),
     ("health_check_carbon.py", "uv run"),
     ("chown -R tta-user:tta-group /opt/tta/staging", "root"),  # issue 13, item 7
+    ("Python 3.12", "Debian 12", "Ubuntu 22.04", "/root", "203/EXEC"),  # item 8
 ])
 def test_each_required_fix_has_a_fixed_note(must: tuple[str, str]) -> None:
     assert any(all(word in note for word in must) for note in fixed_notes()), must
@@ -143,3 +144,43 @@ def test_no_step_gives_the_code_to_the_service_account() -> None:
     lines = command_lines(DOC)
     assert "sudo install -d -o root -g root -m 0755 /opt/tta/staging" in lines
     assert "chmod -R go-w /opt/tta/staging" in lines
+
+
+def python_table() -> dict[str, str]:
+    """OS -> UV_PYTHON, from the table in "Python 3.12 and uv"."""
+    rows = re.findall(r"^\| (Ubuntu 24\.04|Ubuntu 22\.04|Debian 12) \|[^|]*\| `([^`]+)` \|$", DOC.read_text(), re.M)
+    return dict(rows)
+
+
+def block_after(heading: str) -> str:
+    """The first code block after the paragraph starting with ``heading``."""
+    text = DOC.read_text()
+    start = text.index("\n" + heading) + 1
+    return FENCE.search(text, start).group(1)
+
+
+def test_each_supported_os_has_a_python_312_route_and_its_uv_python() -> None:
+    """Item 8: a route per OS, an exact UV_PYTHON for each, none where the unit's sandbox hides it."""
+    table = python_table()
+    assert table == {"Ubuntu 24.04": "/usr/bin/python3.12", "Ubuntu 22.04": "/usr/bin/python3.12",
+                     "Debian 12": "/opt/python3.12/bin/python3.12"}
+    for path in table.values():
+        assert not re.match(r"/(root|home|tmp|var/tmp)(/|$)", path), path
+    assert "apt-get install -y python3.12" in block_after("Ubuntu 24.04:")
+    deadsnakes = block_after("Ubuntu 22.04 (deadsnakes")
+    assert "add-apt-repository -y ppa:deadsnakes/ppa" in deadsnakes and "apt-get install -y python3.12" in deadsnakes
+    # Debian 12: what the source build installs is the table's UV_PYTHON, altinstall-style.
+    build = block_after("Debian 12 (built from")
+    prefix = re.search(r"^\./configure --prefix=(\S+)", build, re.M).group(1)
+    assert f"{prefix}/bin/python3.12" == table["Debian 12"]
+    assert re.search(r"^make altinstall$", build, re.M) and not re.search(r"^make install$", build, re.M)
+    assert f"{table['Debian 12']} -c 'import ssl" in build
+    # Every UV_PYTHON a command passes is one of the table's values.
+    passed = re.findall(r"\bUV_PYTHON=(\S+)", "\n".join(command_lines(*ALL_DOCS)))
+    assert passed and set(passed) <= set(table.values()), passed
+
+
+def test_uv_is_installed_outside_root_home_and_pinned() -> None:
+    block = block_after("uv, on every OS")
+    assert re.search(r"pip install --quiet 'uv==[0-9.]+'", block)
+    assert "/usr/local/bin/uv" in block and "/root" not in block
