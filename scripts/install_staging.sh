@@ -7,7 +7,8 @@
 #                DIR/etc/group must exist (users are added there with useradd --prefix).
 #                The venv is built in place, so it only runs once DIR is the root (image,
 #                chroot, container); systemctl is never called for a --root install.
-#   --src REPO   git checkout to deploy (default: the checkout holding this script).
+#   --src REPO   git checkout to deploy (default: the checkout holding this script, e.g.
+#                /usr/local/src/tta-staging-carbon at the release tag; docs/deployment.md).
 #                Its committed HEAD is deployed; uncommitted changes are not.
 #   --no-sync    skip `uv sync` (file layout only).
 #   UV_PYTHON    the Python 3.12 to build the venv with (uv's own variable), e.g.
@@ -43,7 +44,7 @@ while [ $# -gt 0 ]; do
     --root) root=$2; shift 2 ;;
     --src) src=$2; shift 2 ;;
     --no-sync) do_sync=0; shift ;;
-    -h|--help) sed -n '2,31p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,32p' "$0"; exit 0 ;;
     *) die "unknown argument: $1 (see --help)" ;;
   esac
 done

@@ -42,6 +42,7 @@ def fixed_notes() -> list[str]:
     ("health_check_carbon.py", "uv run"),
     ("chown -R tta-user:tta-group /opt/tta/staging", "root"),  # issue 13, item 7
     ("Python 3.12", "Debian 12", "Ubuntu 22.04", "/root", "203/EXEC"),  # item 8
+    ("theinterneti/TTA", "<commit>", "git tag"),  # item 9
 ])
 def test_each_required_fix_has_a_fixed_note(must: tuple[str, str]) -> None:
     assert any(all(word in note for word in must) for note in fixed_notes()), must
@@ -184,3 +185,26 @@ def test_uv_is_installed_outside_root_home_and_pinned() -> None:
     block = block_after("uv, on every OS")
     assert re.search(r"pip install --quiet 'uv==[0-9.]+'", block)
     assert "/usr/local/bin/uv" in block and "/root" not in block
+
+
+RELEASE_SOURCE = "/usr/local/src/tta-staging-carbon"
+
+
+def test_release_source_is_one_documented_checkout_used_everywhere() -> None:
+    """Item 9: where the code comes from, which release, and the same path in install, upgrade,
+    rollback."""
+    lines = command_lines(*ALL_DOCS)
+    assert not any("github.com/theinterneti/TTA" in ln for ln in lines)
+    clone = [ln for ln in command_lines(DOC) if ln.startswith("git clone") and ln.endswith(RELEASE_SOURCE)]
+    assert clone == [f"git clone --quiet <repository-url> {RELEASE_SOURCE}"]
+    release = block_after("As root (`sudo -i`; the checkout is root's")
+    assert re.search(r"^git tag --list 'v\*'", release, re.M) and re.search(r"^git log .*origin/main", release, re.M)
+    assert "git checkout --quiet --detach <release>" in release
+    # Every source path in both documents is that checkout (a **Fixed:** note may name the old one).
+    for doc in ALL_DOCS:
+        text = "\n".join(ln for ln in doc.read_text().splitlines() if not ln.startswith(">"))
+        for path in re.findall(r"/usr/local/src/[\w.-]+", text):
+            assert path in (RELEASE_SOURCE, "/usr/local/src"), (doc.name, path)
+    ops = (REPO / "docs" / "operations.md").read_text()
+    assert f"cd {RELEASE_SOURCE}" in ops and RELEASE_SOURCE in ops.split("## Rollback")[1].split("##")[0]
+    assert f"cd {RELEASE_SOURCE}" in DOC.read_text().split("## Rollback Procedure")[1]

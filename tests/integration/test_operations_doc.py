@@ -1,12 +1,12 @@
 """Runs docs/operations.md: every `bash local` block, as written, against a throwaway install.
 
-The install mirrors what scripts/install_staging.sh leaves: a source checkout, and
-/opt/tta/staging a clone of it (plus this working tree's uncommitted edits) synced with
-`uv sync --frozen --no-dev --compile-bytecode`, root's and writable by root only; config from
-config/staging.yaml + config/environment; a real daemon running this code. Only locations
-are rewritten: /opt, /etc, /var, /usr/local/src paths into a temp dir, port 9880 to a free
-port, `<commit>` to the checkout's commit, the account to one made for the test, and
-logrotate gets a private state file.
+The install mirrors what scripts/install_staging.sh leaves: the release checkout
+(/usr/local/src/tta-staging-carbon), and /opt/tta/staging a clone of it (plus this working
+tree's uncommitted edits) synced with `uv sync --frozen --no-dev --compile-bytecode`, root's
+and writable by root only; config from config/staging.yaml + config/environment; a real
+daemon running this code. Only locations are rewritten: /opt, /etc, /var, /usr/local/src
+paths into a temp dir, port 9880 to a free port, `<commit>` to the checkout's commit, the
+account to one made for the test, and logrotate gets a private state file.
 
 `bash systemd` blocks need systemd as PID 1: tests/system/test_operations_systemd.py runs
 them; here they are only checked to hold nothing else. `bash script` blocks are the
@@ -69,7 +69,7 @@ def test_local_blocks_run_against_a_local_install(service_account: tuple[str, st
 
     def relocate(text: str) -> str:
         for path in ("/opt/tta/staging", "/etc/tta/staging", "/var/log/tta/staging", "/var/lib/tta/staging",
-                     "/etc/logrotate.d/tta-staging", "/var/backups/tta", "/usr/local/src/tta"):
+                     "/etc/logrotate.d/tta-staging", "/var/backups/tta", "/usr/local/src/tta-staging-carbon"):
             text = text.replace(path, f"{root}{path}")
         return text.replace("9880", str(port)).replace("tta-user:tta-group", f"{user}:{group}")
 
@@ -99,10 +99,10 @@ def test_local_blocks_run_against_a_local_install(service_account: tuple[str, st
                        env={"TTA_CONFIG": f"{etc}/config.yaml", "TTA_ENV_FILE": f"{etc}/environment"})
     daemon.start(wait_ready=False)
     try:
-        # -- what scripts/install_staging.sh leaves: a source checkout, and /opt/tta/staging a
-        # clone of it synced like the installer does, root's and writable by root only. Both
+        # -- what scripts/install_staging.sh leaves: the release checkout, and /opt/tta/staging
+        # a clone of it synced like the installer does, root's and writable by root only. Both
         # carry this working tree's uncommitted edits too.
-        source = root / "usr/local/src/tta"
+        source = root / "usr/local/src/tta-staging-carbon"
         listed = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=REPO, check=True,
                                 capture_output=True).stdout.decode().split("\0")
         for checkout in (source, opt):
