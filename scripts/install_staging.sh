@@ -28,8 +28,9 @@
 #   4. config/staging.yaml -> /etc/tta/staging/config.yaml and config/environment ->
 #      /etc/tta/staging/environment only if absent; an edited copy is kept and the
 #      shipped one written beside it as *.dist;
-#   5. the systemd unit (+ RAPL drop-in) and the logrotate file; daemon-reload when
-#      systemd runs and a unit file changed. It never starts or enables the service.
+#   5. the systemd unit (+ RAPL drop-in), the retention timer (tta-staging-carbon-prune
+#      .service/.timer) and the logrotate file; daemon-reload when systemd runs and a unit
+#      file changed. It never starts or enables anything.
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -44,7 +45,7 @@ while [ $# -gt 0 ]; do
     --root) root=$2; shift 2 ;;
     --src) src=$2; shift 2 ;;
     --no-sync) do_sync=0; shift ;;
-    -h|--help) sed -n '2,32p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,33p' "$0"; exit 0 ;;
     *) die "unknown argument: $1 (see --help)" ;;
   esac
 done
@@ -184,11 +185,16 @@ install_ours() { # shipped installed is_unit
 }
 install_ours "deploy/systemd/$UNIT" "/etc/systemd/system/$UNIT" unit
 install_ours "deploy/systemd/$UNIT.d/10-rapl-read.conf" "/etc/systemd/system/$UNIT.d/10-rapl-read.conf" unit
+install_ours "deploy/systemd/$PRUNE_UNIT" "/etc/systemd/system/$PRUNE_UNIT" unit
+install_ours "deploy/systemd/$PRUNE_TIMER" "/etc/systemd/system/$PRUNE_TIMER" unit
 install_ours deploy/logrotate/tta-staging /etc/logrotate.d/tta-staging file
 
 if [ "$root" = / ] && [ -d /run/systemd/system ] && [ "$changed_units" = 1 ]; then
   systemctl daemon-reload
   say "systemd: daemon-reload done"
+fi
+if [ "$root" = / ] && [ -f "/etc/systemd/system/$PRUNE_TIMER" ] && ! systemctl is-enabled --quiet "$PRUNE_TIMER" 2>/dev/null; then
+  say "  retention (daily, 90 days): systemctl enable --now $PRUNE_TIMER (docs/operations.md#retention)"
 fi
 if [ "$root" = / ] && [ -d /run/systemd/system ] && systemctl is-active --quiet "$UNIT"; then
   # Running already: new code, venv or unit only take effect when the process is replaced.

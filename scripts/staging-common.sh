@@ -4,6 +4,8 @@
 TTA_USER=tta-user
 TTA_GROUP=tta-group
 UNIT=tta-staging-carbon.service
+PRUNE_UNIT=tta-staging-carbon-prune.service
+PRUNE_TIMER=tta-staging-carbon-prune.timer
 UV=${UV:-uv}
 
 say() { printf '%s\n' "$*"; }

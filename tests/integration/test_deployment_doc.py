@@ -211,3 +211,16 @@ def test_release_source_is_one_documented_checkout_used_everywhere() -> None:
     ops = (REPO / "docs" / "operations.md").read_text()
     assert f"cd {RELEASE_SOURCE}" in ops and RELEASE_SOURCE in ops.split("## Rollback")[1].split("##")[0]
     assert f"cd {RELEASE_SOURCE}" in DOC.read_text().split("## Rollback Procedure")[1]
+
+
+def test_retention_timer_is_documented_with_its_period() -> None:
+    """Item 11b: the shipped timer's command and the documents agree on the period."""
+    service = (REPO / "deploy/systemd/tta-staging-carbon-prune.service").read_text()
+    (cmd,) = re.findall(r"^ExecStart=(.*)$", service, re.M)
+    assert cmd == "/opt/tta/staging/.venv/bin/tta-carbon prune --older-than 90d --apply"
+    ops = (REPO / "docs" / "operations.md").read_text()
+    retention = ops.split("## Retention")[1].split("\n## ")[0]
+    assert "--older-than 90d --apply" in retention and "Emissions records are kept 90 days" in retention
+    assert "systemctl enable --now tta-staging-carbon-prune.timer" in retention
+    assert "crontab" not in ops
+    assert "systemctl enable --now tta-staging-carbon tta-staging-carbon-prune.timer" in command_lines(DOC)

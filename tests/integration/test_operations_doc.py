@@ -91,7 +91,7 @@ def test_local_blocks_run_against_a_local_install(service_account: tuple[str, st
     for d in (logdir, logdir / "codecarbon", state):
         d.mkdir(parents=True, mode=0o755)
         shutil.chown(d, user, group)
-    old_day = datetime.now(UTC).date() - timedelta(weeks=13)
+    old_day = datetime.now(UTC).date() - timedelta(days=100)  # the Retention blocks prune 90d
     old_file = logdir / "codecarbon" / f"emissions_{old_day}.json"
     old_file.write_text('{"run_id":"old","seq":1}\n')
     # The daemon runs this checkout's code (it starts while the install below is made).

@@ -117,6 +117,11 @@ def test_first_run_lays_out_the_guide_and_second_run_changes_nothing(src: Path, 
     assert not_root_only(root / "opt/tta/staging") == []
     for d in ("var/log/tta/staging", "var/log/tta/staging/codecarbon", "var/lib/tta/staging"):
         assert (root / d).stat().st_uid == uid, d
+    # The retention timer and its service are installed beside the daemon's unit.
+    for name in ("tta-staging-carbon-prune.service", "tta-staging-carbon-prune.timer"):
+        f = root / "etc/systemd/system" / name
+        assert mode_owner(f) == ("0o644", 0, 0)
+        assert f.read_bytes() == (src / "deploy/systemd" / name).read_bytes()
 
     before = tree(root)
     second = install(src, root)
