@@ -2,27 +2,35 @@
 # Install (or update) the carbon daemon for staging: the deployment guide's
 # sections 1-3 as one idempotent script. Run as root.
 #
-# usage: scripts/install_staging.sh [--root DIR] [--src REPO] [--no-sync]
+# usage: [UV_PYTHON=/path/to/python3.12] scripts/install_staging.sh [--root DIR] [--src REPO] [--no-sync]
 #   --root DIR   install into DIR instead of / (also: DESTDIR=DIR); DIR/etc/passwd and
 #                DIR/etc/group must exist (users are added there with useradd --prefix).
 #                The venv is built in place, so it only runs once DIR is the root (image,
 #                chroot, container); systemctl is never called for a --root install.
-#   --src REPO   git checkout to deploy (default: the checkout holding this script).
+#   --src REPO   git checkout to deploy (default: the checkout holding this script, e.g.
+#                /usr/local/src/tta-staging-carbon at the release tag; docs/deployment.md).
 #                Its committed HEAD is deployed; uncommitted changes are not.
 #   --no-sync    skip `uv sync` (file layout only).
+#   UV_PYTHON    the Python 3.12 to build the venv with (uv's own variable), e.g.
+#                /usr/bin/python3.12 (Ubuntu) or /opt/python3.12/bin/python3.12 (Debian 12,
+#                built from source). Refused under /root, /home, /tmp or /var/tmp: the
+#                unit's sandbox hides those (203/EXEC). An existing venv built with another
+#                interpreter is rebuilt. Unset: uv's choice (.python-version), kept on upgrades.
 #
 # What it does, each step only when needed (a second run reports "unchanged"):
 #   1. system group tta-group and user tta-user (no login shell, no home);
-#   2. /var/log/tta/staging/codecarbon, /opt/tta/staging, /etc/tta/staging,
-#      /var/lib/tta/staging with the guide's owners and modes;
+#   2. /var/log/tta/staging/codecarbon, /var/lib/tta/staging (tta-user's),
+#      /opt/tta/staging (root's), /etc/tta/staging (root:tta-group 0750);
 #   3. /opt/tta/staging = git clone of REPO at its HEAD (kept as a git checkout so
 #      rollback_staging.sh can `git checkout` an earlier commit), then
-#      `uv sync --frozen --no-dev --compile-bytecode`;
+#      `uv sync --frozen --no-dev --compile-bytecode`. Code and venv are root's and
+#      writable by root only (tta-user runs the code, root runs it too);
 #   4. config/staging.yaml -> /etc/tta/staging/config.yaml and config/environment ->
 #      /etc/tta/staging/environment only if absent; an edited copy is kept and the
 #      shipped one written beside it as *.dist;
-#   5. the systemd unit (+ RAPL drop-in) and the logrotate file; daemon-reload when
-#      systemd runs and a unit file changed. It never starts or enables the service.
+#   5. the systemd unit (+ RAPL drop-in), the retention timer (tta-staging-carbon-prune
+#      .service/.timer) and the logrotate file; daemon-reload when systemd runs and a unit
+#      file changed. It never starts or enables anything.
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -37,11 +45,15 @@ while [ $# -gt 0 ]; do
     --root) root=$2; shift 2 ;;
     --src) src=$2; shift 2 ;;
     --no-sync) do_sync=0; shift ;;
-    -h|--help) sed -n '2,27p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,33p' "$0"; exit 0 ;;
     *) die "unknown argument: $1 (see --help)" ;;
   esac
 done
 [ "$(id -u)" = 0 ] || die "run as root (creates users, chowns directories)"
+# Before anything changes: an interpreter the service could not run is refused here.
+check_uv_python
+# Files created below (clone, venv) are then not group/world-writable to begin with.
+umask 022
 root=$(cd "$root" && pwd) || die "--root $root does not exist"
 P() { if [ "$root" = / ]; then printf '%s' "$1"; else printf '%s%s' "$root" "$1"; fi; }
 src=$(cd "$src" && pwd)
@@ -85,7 +97,8 @@ ensure_dir() { # path owner group mode
 ensure_dir /var/log/tta/staging "$uid" "$gid" 755
 ensure_dir /var/log/tta/staging/codecarbon "$uid" "$gid" 755
 ensure_dir /var/lib/tta/staging "$uid" "$gid" 750
-ensure_dir /opt/tta/staging "$uid" "$gid" 755
+# The code is root's: tta-user only needs to read it (the guide chowned it to tta-user).
+ensure_dir /opt/tta/staging 0 0 755
 # Config may hold a token (CARBON_ELECTRICITYMAPS_TOKEN): root writes it, the daemon's group reads it.
 ensure_dir /etc/tta/staging 0 "$gid" 750
 
@@ -98,7 +111,7 @@ else
   [ -z "$(git -C "$src" status --porcelain --untracked-files=no)" ] \
     || say "warning: $src has uncommitted changes; deploying its HEAD $want only"
   if [ ! -e "$dest/.git" ]; then
-    # --no-hardlinks: the chown below must not reach the source's object files.
+    # --no-hardlinks: the chmod/chown below must not reach the source's object files.
     git clone --quiet --no-hardlinks "$src" "$dest" || die "$dest must be empty or a git checkout"
     git_in "$dest" checkout --quiet --detach "$want"
     say "code: cloned $src at ${want:0:12}"
@@ -110,24 +123,34 @@ else
     say "code: updated to ${want:0:12}"
   fi
 fi
-# Own the checkout before syncing: uv records the source tree's timestamps, and a
-# chown afterwards (ctime change) would make the next run's sync reinstall the project.
-fix_owner "$dest" "$uid" "$gid"
+# Secure the checkout before syncing: uv records the source tree's timestamps, and a
+# chown/chmod afterwards (ctime change) would make the next run's sync reinstall the project.
+# (An install made by an older version of this script belonged to tta-user: fixed here.)
+secure_code "$dest"
 if [ "$do_sync" = 1 ]; then
-  if (cd "$dest" && "$UV" sync --frozen --no-dev --check --quiet >/dev/null 2>&1); then
+  venv_py=$(realpath -e "$dest/.venv/bin/python" 2>/dev/null || true)
+  case "${UV_PYTHON:-}" in
+    */*) want_py=$(realpath -e "$UV_PYTHON") ;;
+    *) want_py= ;;
+  esac
+  if [ -n "$venv_py" ] && [ -n "$want_py" ] && [ "$venv_py" != "$want_py" ]; then
+    # uv keeps an existing venv whose Python merely has the right version.
+    rm -rf -- "$dest/.venv"
+    sync_venv "$dest"
+    say "venv: rebuilt with $UV_PYTHON (was $venv_py)"
+  elif [ -n "$venv_py" ] && (cd "$dest" && "$UV" sync --frozen --no-dev --check --quiet >/dev/null 2>&1); then
     say "venv: unchanged"
   else
     sync_venv "$dest"
     say "venv: synced (uv sync --frozen --no-dev --compile-bytecode)"
   fi
   py=$(realpath "$dest/.venv/bin/python" 2>/dev/null || true)
-  case "$py" in
-    /root/*|/home/*|/tmp/*|/var/tmp/*)
-      say "warning: the venv's interpreter is $py; the unit's ProtectHome=/PrivateTmp= hide it (status 203/EXEC)."
-      say "         Use a system Python (UV_PYTHON=/usr/bin/python3.12) or see docs/systemd.md." ;;
-  esac
+  if top=$(hidden_dir "$py"); then
+    say "warning: the venv's interpreter $py is under $top; the unit's ProtectHome=/PrivateTmp= hide it (status 203/EXEC)."
+    say "         Rebuild it with a Python 3.12 under /usr or /opt: UV_PYTHON=... $0 (docs/deployment.md, Python 3.12)."
+  fi
 fi
-fix_owner "$dest" "$uid" "$gid"
+secure_code "$dest"
 
 # -- 4. configuration (guide section 2 and 3) -------------------------------------------
 # Shipped files come from the deployed checkout, so config, unit and code always
@@ -162,11 +185,16 @@ install_ours() { # shipped installed is_unit
 }
 install_ours "deploy/systemd/$UNIT" "/etc/systemd/system/$UNIT" unit
 install_ours "deploy/systemd/$UNIT.d/10-rapl-read.conf" "/etc/systemd/system/$UNIT.d/10-rapl-read.conf" unit
+install_ours "deploy/systemd/$PRUNE_UNIT" "/etc/systemd/system/$PRUNE_UNIT" unit
+install_ours "deploy/systemd/$PRUNE_TIMER" "/etc/systemd/system/$PRUNE_TIMER" unit
 install_ours deploy/logrotate/tta-staging /etc/logrotate.d/tta-staging file
 
 if [ "$root" = / ] && [ -d /run/systemd/system ] && [ "$changed_units" = 1 ]; then
   systemctl daemon-reload
   say "systemd: daemon-reload done"
+fi
+if [ "$root" = / ] && [ -f "/etc/systemd/system/$PRUNE_TIMER" ] && ! systemctl is-enabled --quiet "$PRUNE_TIMER" 2>/dev/null; then
+  say "  retention (daily, 90 days): systemctl enable --now $PRUNE_TIMER (docs/operations.md#retention)"
 fi
 if [ "$root" = / ] && [ -d /run/systemd/system ] && systemctl is-active --quiet "$UNIT"; then
   # Running already: new code, venv or unit only take effect when the process is replaced.

@@ -7,7 +7,8 @@
 #   1. checks <commit> exists and the checkout has no local edits (before stopping anything)
 #   2. systemctl stop tta-staging-carbon
 #   3. git checkout <commit> in the install dir
-#   4. uv sync --frozen --no-dev --compile-bytecode (the lock file of <commit>)
+#   4. uv sync --frozen --no-dev --compile-bytecode (the lock file of <commit>); code and
+#      venv left root's and writable by root only
 #   5. systemctl start tta-staging-carbon (Type=notify: returns once the daemon is READY)
 #   6. health check: uv run --no-sync python scripts/health_check_carbon.py, retried
 #      until it passes with a first measurement recorded, or --health-timeout seconds pass
@@ -25,22 +26,22 @@ main() {
     case "$1" in
       --dir) dir=$2; shift 2 ;;
       --health-timeout) health_timeout=$2; shift 2 ;;
-      -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
+      -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
       -*) die "unknown option: $1" ;;
       *) [ -z "$commit" ] || die "one commit only"; commit=$1; shift ;;
     esac
   done
   [ -n "$commit" ] || die "usage: $0 <commit> (see --help)"
   [ "$(id -u)" = 0 ] || die "run as root (systemctl, chown)"
+  umask 022
   [ -e "$dir/.git" ] || die "$dir is not a git checkout (install with scripts/install_staging.sh)"
 
-  local target prev uid gid
+  local target prev
   target=$(git_in "$dir" rev-parse --verify --quiet "$commit^{commit}") \
     || die "$commit is not a commit in $dir (git -C $dir fetch first?)"
   prev=$(git_in "$dir" rev-parse HEAD)
   [ -z "$(git_in "$dir" status --porcelain --untracked-files=no)" ] \
     || die "$dir has local modifications; refusing to stop the service (git -C $dir status)"
-  uid=$(stat -c %u "$dir"); gid=$(stat -c %g "$dir")
   say "rollback: ${prev:0:12} -> ${target:0:12} in $dir"
   # From here on the service may be down: say how to get back on any failure.
   # (an EXIT trap, not ERR: die() exits without raising ERR)
@@ -51,7 +52,9 @@ main() {
   git_in "$dir" checkout --quiet --detach "$target"
   say "checked out ${target:0:12}"
   sync_venv "$dir"
-  fix_owner "$dir" "$uid" "$gid"
+  # Root's, writable by root only, as the installer leaves it (an older install's
+  # tta-user-owned tree included): root runs this code in the health check below.
+  secure_code "$dir"
   say "venv synced from uv.lock"
   systemctl start "$UNIT"
   say "started $UNIT ($(systemctl show -p MainPID --value "$UNIT"))"

@@ -1,12 +1,12 @@
 """Runs docs/operations.md: every `bash local` block, as written, against a throwaway install.
 
-The install mirrors what scripts/install_staging.sh leaves: a source checkout, and
-/opt/tta/staging a clone of it (plus this working tree's uncommitted edits) synced with
-`uv sync --frozen --no-dev --compile-bytecode` and owned by the service account; config from
-config/staging.yaml + config/environment; a real daemon running this code. Only locations
-are rewritten: /opt, /etc, /var, /usr/local/src paths into a temp dir, port 9880 to a free
-port, `<commit>` to the checkout's commit, the account to one made for the test, and
-logrotate gets a private state file.
+The install mirrors what scripts/install_staging.sh leaves: the release checkout
+(/usr/local/src/tta-staging-carbon), and /opt/tta/staging a clone of it (plus this working
+tree's uncommitted edits) synced with `uv sync --frozen --no-dev --compile-bytecode`, root's
+and writable by root only; config from config/staging.yaml + config/environment; a real
+daemon running this code. Only locations are rewritten: /opt, /etc, /var, /usr/local/src
+paths into a temp dir, port 9880 to a free port, `<commit>` to the checkout's commit, the
+account to one made for the test, and logrotate gets a private state file.
 
 `bash systemd` blocks need systemd as PID 1: tests/system/test_operations_systemd.py runs
 them; here they are only checked to hold nothing else. `bash script` blocks are the
@@ -69,7 +69,7 @@ def test_local_blocks_run_against_a_local_install(service_account: tuple[str, st
 
     def relocate(text: str) -> str:
         for path in ("/opt/tta/staging", "/etc/tta/staging", "/var/log/tta/staging", "/var/lib/tta/staging",
-                     "/etc/logrotate.d/tta-staging", "/var/backups/tta", "/usr/local/src/tta"):
+                     "/etc/logrotate.d/tta-staging", "/var/backups/tta", "/usr/local/src/tta-staging-carbon"):
             text = text.replace(path, f"{root}{path}")
         return text.replace("9880", str(port)).replace("tta-user:tta-group", f"{user}:{group}")
 
@@ -91,7 +91,7 @@ def test_local_blocks_run_against_a_local_install(service_account: tuple[str, st
     for d in (logdir, logdir / "codecarbon", state):
         d.mkdir(parents=True, mode=0o755)
         shutil.chown(d, user, group)
-    old_day = datetime.now(UTC).date() - timedelta(weeks=13)
+    old_day = datetime.now(UTC).date() - timedelta(days=100)  # the Retention blocks prune 90d
     old_file = logdir / "codecarbon" / f"emissions_{old_day}.json"
     old_file.write_text('{"run_id":"old","seq":1}\n')
     # The daemon runs this checkout's code (it starts while the install below is made).
@@ -99,10 +99,10 @@ def test_local_blocks_run_against_a_local_install(service_account: tuple[str, st
                        env={"TTA_CONFIG": f"{etc}/config.yaml", "TTA_ENV_FILE": f"{etc}/environment"})
     daemon.start(wait_ready=False)
     try:
-        # -- what scripts/install_staging.sh leaves: a source checkout, and /opt/tta/staging a
-        # clone of it synced like the installer does and owned by the service account. Both
+        # -- what scripts/install_staging.sh leaves: the release checkout, and /opt/tta/staging
+        # a clone of it synced like the installer does, root's and writable by root only. Both
         # carry this working tree's uncommitted edits too.
-        source = root / "usr/local/src/tta"
+        source = root / "usr/local/src/tta-staging-carbon"
         listed = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=REPO, check=True,
                                 capture_output=True).stdout.decode().split("\0")
         for checkout in (source, opt):
@@ -114,7 +114,7 @@ def test_local_blocks_run_against_a_local_install(service_account: tuple[str, st
                     shutil.copy2(src, checkout / rel)
         subprocess.run(["uv", "sync", "--frozen", "--no-dev", "--compile-bytecode", "--quiet"], cwd=opt,
                        env={**env, "UV_LINK_MODE": "copy"}, check=True, timeout=300)
-        subprocess.run(["chown", "-R", f"{user}:{group}", str(opt)], check=True)
+        subprocess.run(["chmod", "-R", "go-w", str(opt)], check=True)
         daemon.wait_records(1)
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=source, capture_output=True, text=True,
                                 check=True).stdout.strip()
@@ -148,3 +148,8 @@ def test_local_blocks_run_against_a_local_install(service_account: tuple[str, st
     with tarfile.open(archives[0]) as tar:  # ... after archiving it
         assert tar.getnames() == [old_file.name]
     assert (logdir / "carbon.log.1").exists()  # logrotate -f rotated the log
+    # The upgrade and rollback blocks (git checkout, uv sync as root) left the code root's and
+    # writable by root only, as the installer does (deployment.md, step 1).
+    offending = [f"{p} {p.lstat().st_uid} {oct(p.lstat().st_mode)}" for p in [opt, *opt.rglob("*")]
+                 if p.lstat().st_uid != 0 or (not p.is_symlink() and p.lstat().st_mode & 0o022)]
+    assert offending == []
