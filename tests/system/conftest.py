@@ -8,6 +8,9 @@ from pathlib import Path
 import pytest
 
 from nsystemd import NSystemd, missing_prerequisites
+from staged import StagedService
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -45,3 +48,22 @@ def nsystemd(nsystemd_available: None, tmp_path: Path) -> Iterator[Callable[...,
     finally:
         for sd in started:
             sd.stop()
+
+
+@pytest.fixture(scope="module")
+def staged(nsystemd_available: None, tmp_path_factory: pytest.TempPathFactory,
+           request: pytest.FixtureRequest) -> Iterator[StagedService]:
+    """The project installed by its real installer under a real manager: one per test module."""
+    s = StagedService(tmp_path_factory.mktemp(request.module.__name__.rsplit(".", 1)[-1]), REPO)
+    try:
+        s.start_manager()
+        yield s
+    finally:
+        s.sd.stop()
+
+
+@pytest.fixture
+def svc(staged: StagedService) -> StagedService:
+    """The staged service stopped, not failed, with its shipped configuration: each test starts here."""
+    staged.reset()
+    return staged

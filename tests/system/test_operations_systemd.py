@@ -10,10 +10,8 @@ from __future__ import annotations
 import json
 import gzip
 import re
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 
 from nsystemd import wait_for
 from staged import UNIT, StagedService
@@ -24,20 +22,6 @@ LOGDIR = "/var/log/tta/staging"
 ROTATE_CONF = "/etc/logrotate.d/tta-staging"
 
 
-@pytest.fixture(scope="module")
-def staged(nsystemd_available: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[StagedService]:
-    s = StagedService(tmp_path_factory.mktemp("ops"), REPO)
-    try:
-        s.start_manager()
-        yield s
-    finally:
-        s.sd.stop()
-
-
-@pytest.fixture
-def svc(staged: StagedService) -> StagedService:
-    staged.reset()
-    return staged
 
 
 def systemd_lines() -> list[str]:

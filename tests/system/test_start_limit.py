@@ -9,31 +9,13 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
-import pytest
 
 from nsystemd import wait_for
 from staged import CONFIG, UNIT, StagedService
 
-REPO = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture(scope="module")
-def staged(nsystemd_available: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[StagedService]:
-    s = StagedService(tmp_path_factory.mktemp("limit"), REPO)
-    try:
-        s.start_manager()
-        yield s
-    finally:
-        s.sd.stop()
-
-
-@pytest.fixture
-def svc(staged: StagedService) -> StagedService:
-    staged.reset()
-    return staged
 
 
 def set_config(svc: StagedService, key: str, value: str) -> None:

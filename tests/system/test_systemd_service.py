@@ -11,10 +11,7 @@ from __future__ import annotations
 import json
 import re
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
-import pytest
 
 from nsystemd import wait_for
 from staged import (
@@ -28,23 +25,8 @@ from staged import (
 )
 from tests.fixtures.fake_rapl import FakeRapl
 
-REPO = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture(scope="module")
-def staged(nsystemd_available: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[StagedService]:
-    s = StagedService(tmp_path_factory.mktemp("svc"), REPO)
-    try:
-        s.start_manager()
-        yield s
-    finally:
-        s.sd.stop()
-
-
-@pytest.fixture
-def svc(staged: StagedService) -> StagedService:
-    staged.reset()
-    return staged
 
 
 def start(svc: StagedService) -> str:
