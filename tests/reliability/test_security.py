@@ -7,6 +7,7 @@ import re
 import shutil
 import signal
 import stat
+import time
 from pathlib import Path
 
 import pytest
@@ -22,6 +23,10 @@ def test_metrics_bind_loopback_by_default_and_file_modes(daemon_factory, figures
     assert TTAConfig.model_fields["metrics_address"].default == "127.0.0.1"
     d = daemon_factory().start()  # tests pass no metrics_address: the default is what binds
     d.wait_for_records(1)
+    deadline = time.monotonic() + 10
+    while not (d.state_dir / "carbon_state.json").exists():  # saved just after the record is appended
+        assert time.monotonic() < deadline, d.stderr()
+        time.sleep(0.05)
     inode_listen = set()
     port_hex = f"{d.port:04X}"
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
