@@ -105,10 +105,11 @@ class CarbonComponent:
         self._accountant = Accountant(loaded.totals.copy(), s.attribution.top_n)
         self._prometheus.restore(loaded.totals)
         source, reason = select_source(s.sources)
+        first_start_wall = time.time()
         try:
             source.open()
             # The first interval starts when the source took its baseline, not when start() ends.
-            self._last_mono = time.monotonic()
+            self._last_mono, first_start_wall = time.monotonic(), time.time()
             self._prometheus.set_devices(source.devices)
             self._source = source
             self._source_status = SourceStatus(source.name, True)
@@ -132,11 +133,11 @@ class CarbonComponent:
             self._server.start()
         release_free_memory()  # config parsing, source probing: one-off allocations
         if self._source is None:
-            self._last_mono = time.monotonic()
+            self._last_mono, first_start_wall = time.monotonic(), time.time()
         # The first interval has started: the time since the last record is unmeasured. It joins the
         # totals in memory (/metrics, /healthz) and is saved with the first record, so a run killed
         # before its first record leaves the gap to be counted, whole, by the next start.
-        loaded = loaded.with_gap(time.time(), s.interval_s)
+        loaded = loaded.with_gap(first_start_wall, s.interval_s)
         if loaded.gap_s:
             self._accountant.totals.unmeasured_s += loaded.gap_s
             self._prometheus.restore(self._accountant.totals)
