@@ -17,10 +17,11 @@ import time
 import uuid
 from dataclasses import dataclass, replace
 from importlib.metadata import PackageNotFoundError, version
+from typing import TYPE_CHECKING
 
 from src.components.carbon import directories, ndjson_files
 from src.components.carbon.accounting import Accountant, Identity
-from src.components.carbon.directories import OutputDirUnwritable, probe_writable
+from src.components.carbon.directories import DirectoryInUse, OutputDirUnwritable, probe_writable
 from src.components.carbon.health import DaemonInfo, HealthSnapshot, SourceStatus, build_health, is_healthy
 from src.components.carbon.intensity import IntensityChain, build_chain
 from src.components.carbon.ledger import Ledger, LedgerLoad
@@ -41,10 +42,14 @@ from src.components.carbon.sinks.web_config import BasicAuth
 from src.components.carbon.sources import EnergySource
 from src.components.carbon.sources.cgroups import CpuTimeSampler
 from src.components.carbon.sources.select import select_source
-from src.orchestration import TTAConfig
 from src.orchestration.settings import apply_live, component_settings, record_settings
+from src.orchestration.values import ConfigValues
 
-__all__ = ["CarbonComponent", "IntervalOutcome", "OutputDirUnwritable", "StartReport", "probe_writable"]
+if TYPE_CHECKING:
+    from src.orchestration import TTAConfig
+
+__all__ = ["CarbonComponent", "DirectoryInUse", "IntervalOutcome", "OutputDirUnwritable", "StartReport",
+           "probe_writable"]
 
 try:
     VERSION = version("tta-staging-carbon")
@@ -63,16 +68,18 @@ class StartReport:
 
 
 class CarbonComponent:
-    def __init__(self, config: TTAConfig) -> None:
+    def __init__(self, config: TTAConfig | ConfigValues) -> None:
         self.config = config
         self.settings = component_settings(config)
         s = self.settings
         self.output_dir = s.output_dir
         self.run_id = str(uuid.uuid4())
-        self._info = DaemonInfo(VERSION, config.project_name, config.env, s.interval_s, time.time())
+        self._info = DaemonInfo(VERSION, config.project_name, config.env, s.interval_s, time.time(),
+                                host=s.records.host or "")
         self._identity = self._make_identity()
         self._ledger = Ledger(s.state_dir, s.output_dir)
         self._ndjson = NdjsonSink(s.output_dir)
+        self._locks: list[directories.DirectoryLock] = []
         self._prometheus = PrometheusSink(
             s.attribution.top_n, grace_in_records(s.attribution.metrics_grace_s, s.interval_s))
         self._chain: IntensityChain = build_chain(s.intensity)  # network-free until start()
@@ -97,10 +104,16 @@ class CarbonComponent:
         """Create and verify the directories; raises OutputDirUnwritable or OSError."""
         directories.prepare([self.output_dir, self.settings.state_dir])
 
+    def _lock_directories(self) -> None:
+        """One daemon per state directory, the owner of the seq numbers and totals; raises
+        DirectoryInUse naming the other one. (The lock file lives there, not among the records.)"""
+        self._locks.append(directories.DirectoryLock(self.settings.state_dir.resolve()).acquire())
+
     def start(self, serve_metrics: bool = True) -> StartReport:
         """Open source, ledger and sinks. Raises on what an operator must fix (dirs, port)."""
         s = self.settings
         self.prepare_directories()
+        self._lock_directories()
         loaded = self._ledger.load()
         self._accountant = Accountant(loaded.totals.copy(), s.attribution.top_n)
         self._prometheus.restore(loaded.totals)
@@ -205,13 +218,16 @@ class CarbonComponent:
             self._server = None
         self._chain.close()
         self._ndjson.close()
+        for lock in self._locks:
+            lock.release()
+        self._locks.clear()
         return outcome
 
-    def reconfigure(self, config: TTAConfig) -> list[str]:
+    def reconfigure(self, config: TTAConfig | ConfigValues) -> list[str]:
         """Apply what can change live; return the names of changed settings that need a restart."""
         self.config, needs_restart = apply_live(self.config, config)
         self.settings = component_settings(self.config)
-        self._info = replace(self._info, project=self.config.project_name)
+        self._info = replace(self._info, project=self.config.project_name, host=self.settings.records.host or "")
         # Records take who they are about from the new file at once (env included, as before).
         r = record_settings(config)
         self._identity = Identity(self.run_id, r.host, r.project, r.env)
@@ -284,9 +300,10 @@ class CarbonComponent:
             online.last_error if online is not None else "", *self._file_sizes,
         )
         # One attribute, replaced whole: the HTTP thread never pairs one snapshot's verdict with another's body.
-        self._published = (health, json.dumps(health.as_dict()).encode() + b"\n")
+        self._published = (health, json.dumps(health.as_dict()).encode() + b"\n",
+                           json.dumps(health.public_dict()).encode() + b"\n")
         self._prometheus.update(health, record)
 
-    def _health_route(self) -> tuple[bool, bytes]:
-        health, body = self._published
-        return is_healthy(health, time.time()), body
+    def _health_route(self, authenticated: bool) -> tuple[bool, bytes]:
+        health, body, public_body = self._published
+        return is_healthy(health, time.time()), body if authenticated else public_body

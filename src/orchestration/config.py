@@ -6,6 +6,7 @@ import ipaddress
 import os
 import re
 import stat
+import unicodedata
 import urllib.parse
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ from pydantic.fields import FieldInfo
 from pydantic_core import PydanticCustomError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from src.components.carbon.files import kind_of
 from src.components.carbon.intensity import DEFAULT_ELECTRICITYMAPS_URL, LOOPBACK_HOSTS, ProfileProvider, default_zone
 from src.components.carbon.reference_data import energy_mix
 from src.components.carbon.sinks.web_config import WebConfig, load_web_config
@@ -104,7 +106,7 @@ class TTAConfig(BaseSettings):
     env_file: Path = Field(ENV_FILE_DEFAULT, description="environment file to read")
     output_dir: Path = Field(Path("/var/log/tta/staging/codecarbon"),
                              description="NDJSON records; must be a directory if it exists")
-    project_name: str = Field("TTA-Staging", min_length=1, max_length=100, pattern=r"^[^\x00-\x1f\x7f]+$",
+    project_name: str = Field("TTA-Staging", min_length=1, max_length=100, pattern=r"^[^\x00-\x1f\x7f-\x9f]+$",
                               description="project name in records and `tta_carbon_build_info`; printable characters")
     log_level: Literal["debug", "info", "warning", "error", "critical"] = Field(
         "info", description="log level (any case)")
@@ -160,7 +162,11 @@ class TTAConfig(BaseSettings):
     powercap_root: Path = Field(Path("/sys/class/powercap"), description="where RAPL zones live")
     gpu: Literal["auto", "on", "off"] = Field(
         "auto", description="NVIDIA GPUs through NVML: `auto` (when NVML lists a GPU), `on`, `off`; see docs/gpu.md")
-    record_hostname: bool = Field(True, description="`false` omits `host` from records")
+    host_name: str | None = Field(
+        None, min_length=1, max_length=253, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$",
+        description="the host's name in records (`host`) and on `tta_carbon_build_info{host}`; unset = the "
+                    "system hostname. Set it to the `host` target label Prometheus gives this host (docs/fleet.md)")
+    record_hostname: bool = Field(True, description="`false` omits `host` from records and from `tta_carbon_build_info`")
     metrics_web_config: Path | None = Field(
         None, description="exporter-toolkit style web config (TLS and/or bcrypt basic auth) for /metrics; "
                           "see docs/security.md")
@@ -305,6 +311,23 @@ class TTAConfig(BaseSettings):
         # An empty value in an env file means "not set", as systemd operators expect.
         return None if isinstance(value, str) and value.strip() == "" else value
 
+    @field_validator("electricitymaps_token")
+    @classmethod
+    def _token_has_no_control_character(cls, value: SecretStr | None) -> SecretStr | None:
+        # A YAML "|" block keeps its final newline and a CRLF-edited file leaves "\r": sent as an
+        # HTTP header the value is refused, and the refusal quotes it. Name the character, never the token.
+        text = value.get_secret_value() if value is not None else ""
+        bad = next((c for c in text if unicodedata.category(c) in ("Cc", "Cf", "Zl", "Zp")), None)
+        if bad is not None:
+            where = "ends with" if text.endswith(bad) else "contains"
+            hint = " (a YAML '|' block or a CRLF line ending?)" if bad in "\r\n" else ""
+            raise PydanticCustomError(
+                "token_control_character",
+                "the token {where} the control character {char}{hint}; set it on one line, without it",
+                {"where": where, "char": ascii(bad), "hint": hint},
+            )
+        return value
+
     @field_validator("measurement_interval", "metrics_port", "intensity_g_per_kwh", "metrics_unit_grace",
                      mode="before")
     @classmethod
@@ -365,6 +388,11 @@ class TTAConfig(BaseSettings):
     def _log_file_path(cls, value: Path | None) -> Path | None:
         if value is not None and _path_kind(value) == "dir":
             raise ValueError("is a directory; give a file path, or an empty value for no log file")
+        if value is not None and _path_kind(value) == "other":
+            mode = value.stat().st_mode
+            if not stat.S_ISREG(mode):  # a FIFO would block the daemon's every log line
+                raise ValueError(f"is {kind_of(mode)}, not a regular file; give a file path, or an empty value "
+                                 "for no log file")
         return value
 
     @field_validator("electricitymaps_url")

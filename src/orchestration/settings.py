@@ -2,6 +2,8 @@
 
 The library (``src.components.carbon``) never sees TTAConfig: each part gets its own
 frozen dataclass, built here. Reload rules live here too: which settings apply live.
+Every builder takes a TTAConfig or its plain :class:`ConfigValues` (what the running daemon
+holds), so this module never imports the config model at run time.
 """
 
 from __future__ import annotations
@@ -9,17 +11,24 @@ from __future__ import annotations
 import socket
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from src.components.carbon.attribution import AttributionSettings
 from src.components.carbon.intensity import IntensitySettings, OnlineSettings, default_zone
 from src.components.carbon.sinks.http_server import HttpSettings
+from src.components.carbon.secret import Secret
 from src.components.carbon.sources.select import SourceSettings
-from src.orchestration.config import TTAConfig
+from src.orchestration.values import ConfigValues
+
+if TYPE_CHECKING:
+    from src.orchestration.config import TTAConfig
+
+    Config = TTAConfig | ConfigValues
 
 # Settings a SIGHUP applies without a restart (docs/operations.md#reload).
 LIVE_SETTINGS = frozenset({
     "log_level", "log_file", "project_name", "intensity_g_per_kwh", "country_iso_code", "region",
-    "record_hostname", "offline", "electricitymaps_token", "electricitymaps_zone", "electricitymaps_url",
+    "host_name", "record_hostname", "offline", "electricitymaps_token", "electricitymaps_zone", "electricitymaps_url",
     "electricitymaps_refresh_interval", "electricitymaps_timeout", "intensity_profile_file",
 })
 
@@ -46,12 +55,12 @@ class ComponentSettings:
     http: HttpSettings
 
 
-def record_settings(config: TTAConfig) -> RecordSettings:
-    host = socket.gethostname() if config.record_hostname else None
+def record_settings(config: Config) -> RecordSettings:
+    host = (config.host_name or socket.gethostname()) if config.record_hostname else None
     return RecordSettings(host, config.project_name, config.env)
 
 
-def source_settings(config: TTAConfig) -> SourceSettings:
+def source_settings(config: Config) -> SourceSettings:
     return SourceSettings(
         energy_source=config.energy_source, powercap_root=config.powercap_root,
         country_iso_code=config.country_iso_code, project_name=config.project_name,
@@ -60,12 +69,12 @@ def source_settings(config: TTAConfig) -> SourceSettings:
     )
 
 
-def intensity_settings(config: TTAConfig) -> IntensitySettings:
+def intensity_settings(config: Config) -> IntensitySettings:
     online = None
     zone = config.electricitymaps_zone or default_zone(config.country_iso_code)
     if not config.offline and config.electricitymaps_token is not None and zone:  # TTAConfig guarantees a zone
         online = OnlineSettings(
-            config.electricitymaps_token, zone, config.electricitymaps_url,
+            Secret(config.electricitymaps_token.get_secret_value()), zone, config.electricitymaps_url,
             refresh_s=config.electricitymaps_refresh_interval, timeout_s=config.electricitymaps_timeout,
         )
     return IntensitySettings(
@@ -74,7 +83,7 @@ def intensity_settings(config: TTAConfig) -> IntensitySettings:
     )
 
 
-def attribution_settings(config: TTAConfig) -> AttributionSettings:
+def attribution_settings(config: Config) -> AttributionSettings:
     return AttributionSettings(
         enabled=config.attribution_enabled, cgroup_root=config.cgroup_root, proc_root=config.proc_root,
         include=config.attribution_include, exclude=config.attribution_exclude, top_n=config.attribution_top_n,
@@ -82,11 +91,11 @@ def attribution_settings(config: TTAConfig) -> AttributionSettings:
     )
 
 
-def http_settings(config: TTAConfig) -> HttpSettings:
+def http_settings(config: Config) -> HttpSettings:
     return HttpSettings(config.metrics_address, config.metrics_port, config.web_config)
 
 
-def component_settings(config: TTAConfig) -> ComponentSettings:
+def component_settings(config: Config) -> ComponentSettings:
     return ComponentSettings(
         output_dir=Path(config.output_dir), state_dir=Path(config.state_dir), log_file=config.log_file,
         interval_s=config.measurement_interval, records=record_settings(config), sources=source_settings(config),
@@ -94,13 +103,14 @@ def component_settings(config: TTAConfig) -> ComponentSettings:
     )
 
 
-def apply_live(running: TTAConfig, new: TTAConfig) -> tuple[TTAConfig, list[str]]:
+def apply_live(running: Config, new: Config) -> tuple[ConfigValues, list[str]]:
     """The configuration in force after a reload, and the changed settings that need a restart.
 
     Live settings take their new values; the others keep the running ones until a restart.
     """
+    running, new = ConfigValues.of(running), ConfigValues.of(new)
     old_values, new_values = running.model_dump(), new.model_dump()
     needs_restart = sorted(k for k in old_values if old_values[k] != new_values[k] and k not in LIVE_SETTINGS)
-    effective = running.model_copy(update={k: getattr(new, k) for k in LIVE_SETTINGS})
-    effective._profile = new.intensity_profile  # the parsed file goes with its (live) setting
+    # The parsed profile goes with its (live) setting.
+    effective = running.replaced({k: new_values[k] for k in LIVE_SETTINGS}, new.intensity_profile)
     return effective, needs_restart

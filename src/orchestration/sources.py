@@ -16,6 +16,10 @@ from typing import Any
 
 import yaml
 
+from src.components.carbon.files import NotARegularFile, read_small_file
+from src.orchestration.env_file import parse_env_text
+from src.orchestration.errors import ConfigError
+
 ENV_FILE_DEFAULT = Path("/etc/tta/staging/environment")
 CONFIG_FILE_DEFAULT = Path("/etc/tta/staging/config.yaml")
 
@@ -27,13 +31,6 @@ CLI_FLAGS = {"config_file": "--config", "env_file": "--env-file"}
 # Names that probably hold a secret: their values never appear in an error, even misspelt.
 _SECRET_NAME = re.compile(r"token|secret|passw|api_?key|credential", re.IGNORECASE)
 _REPR = reprlib.Repr(maxlevel=2, maxlist=4, maxtuple=4, maxdict=4, maxset=4, maxstring=160, maxlong=40, maxother=80)
-
-_ENV_LINE = re.compile(r"^(?:export\s+)?([A-Za-z_][A-Za-z0-9_]*)\s*=\s*(.*)$")
-
-
-class ConfigError(Exception):
-    """A configuration problem; ``str()`` is one line an operator can act on."""
-
 
 def show(text: Any) -> str:
     """A path or name as written (quoted with escapes if it holds a newline or other control character), bounded."""
@@ -121,52 +118,34 @@ def environment_layer(
 MAX_CONFIG_BYTES = 1 << 20  # a settings file is a few hundred bytes; far more means the wrong file
 
 
-def _read_text(path: Path, kind: str) -> str:
+def _read_text(path: Path, kind: str, universal_newlines: bool = True) -> str:
     what = f"{kind} {show(path)}"
     try:
-        mode = os.stat(path).st_mode
-        # Opening a FIFO blocks until a writer appears: the daemon would hang before it could say why.
-        if stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode):
-            raise ConfigError(f"{what}: is a {'named pipe' if stat.S_ISFIFO(mode) else 'socket'}, not a file")
-        with open(path, "rb") as fh:
-            data = fh.read(MAX_CONFIG_BYTES + 1)  # bounded: /dev/zero or a log file named by mistake
+        data = read_small_file(path, MAX_CONFIG_BYTES)  # regular files only: a FIFO would hang the start
+    except ValueError as exc:  # too large: /dev/zero, or a log file named by mistake
+        raise ConfigError(f"{what}: {exc}") from None
+    except NotARegularFile as exc:
+        raise ConfigError(f"{what}: {exc.strerror}") from None
     except OSError as exc:
         raise ConfigError(f"{what}: cannot read: {exc.strerror}") from None
-    if len(data) > MAX_CONFIG_BYTES:
-        raise ConfigError(f"{what}: larger than {MAX_CONFIG_BYTES // 1024} KiB; is it the right file?")
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{what}: not valid UTF-8 ({exc.reason} at byte {exc.start})") from None
+    if not universal_newlines:  # the environment file's grammar sees \r itself (inside quotes it is kept)
+        return text
     return text.replace("\r\n", "\n").replace("\r", "\n")  # universal newlines, as read_text() did
 
 
 def parse_env_file(path: Path) -> dict[str, tuple[str, str]]:
-    """Read ``KEY=value`` lines, also accepting the guide's ``export KEY=value``.
+    """The file's assignments as systemd's EnvironmentFile= reads them (env_file.py), plus the
+    old guide's ``export KEY=value``: ``{KEY: (value, "<file> line N")}``."""
+    text = _read_text(path, "environment file", universal_newlines=False)
 
-    systemd's EnvironmentFile= drops ``export`` lines, so we accept them for
-    operators who followed the old guide, but ship and document the plain form.
-    """
-    name = show(path)
-    text = _read_text(path, "environment file")
-    pairs: dict[str, tuple[str, str]] = {}
-    # Only "\n" ends a line (as for systemd): str.splitlines() would also split on \v, \f, \x1c-\x1e, \x85, \u2028
-    # and report a later line number than the one holding the problem.
-    for lineno, raw in enumerate(text.split("\n"), start=1):
-        line = raw.strip()
-        if not line or line.startswith("#"):
-            continue
-        match = _ENV_LINE.match(line)
-        if not match:
-            got = "a line that looks like it holds a secret (not shown)" if looks_secret(line) else short_repr(line)
-            raise ConfigError(f"environment file {name} line {lineno}: expected KEY=value, got {got}")
-        key, value = match.group(1), match.group(2).strip()
-        if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":
-            value = value[1:-1]
-        elif value.startswith(("'", '"')):
-            raise ConfigError(f"environment file {name} line {lineno}: unterminated quote in {key}")
-        pairs[key] = (value, f"{name} line {lineno}")
-    return pairs
+    def describe(line: str) -> str:
+        return "a line that looks like it holds a secret (not shown)" if looks_secret(line) else short_repr(line)
+
+    return parse_env_text(text, show(path), describe)
 
 
 def env_file_layer(path: Path, fields: set[str], pairs: dict[str, tuple[str, str]] | None = None) -> Layer:

@@ -5,10 +5,13 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from src.orchestration import ConfigError, TTAConfig
+from src.orchestration import ConfigError
 from src.service.exit_codes import EX_CANTCREAT, EX_CONFIG, EX_FAILURE, EX_OK, EX_TEMPFAIL, EX_UNAVAILABLE
+
+if TYPE_CHECKING:
+    from src.orchestration import TTAConfig
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -22,7 +25,8 @@ def _config_args(parser: argparse.ArgumentParser) -> None:
                         help="override one setting (highest precedence); repeatable, e.g. --set measurement_interval=5")
 
 
-def load_config(args: argparse.Namespace, environ: dict[str, str] | None = None) -> TTAConfig:
+def explicit_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The settings given on the command line (``--local``, ``--config``, ``--env-file``, ``--set``)."""
     explicit: dict[str, Any] = {}
     if args.local:
         explicit["config_file"] = str(REPO_ROOT / "config" / "local.yaml")
@@ -36,24 +40,14 @@ def load_config(args: argparse.Namespace, environ: dict[str, str] | None = None)
         if not sep or not key.strip():
             raise ConfigError(f"--set {item!r}: expected KEY=VALUE")
         explicit[key.strip()] = value
-    return TTAConfig.load(explicit, environ)
+    return explicit
 
 
-def reload_environ(config: TTAConfig) -> dict[str, str]:
-    """The process environment minus what systemd copied in from the environment file at start.
+def load_config(args: argparse.Namespace, environ: dict[str, str] | None = None) -> TTAConfig:
+    """The configuration, validated in this process (the short-lived commands)."""
+    from src.orchestration import TTAConfig
 
-    systemd's EnvironmentFile= turns the file into process variables, which outrank the
-    file itself; without this, editing the file and reloading would change nothing.
-    """
-    import os
-
-    from src.orchestration.sources import parse_env_file
-
-    try:
-        from_file = parse_env_file(config.env_file) if config.env_file.is_file() else {}
-    except ConfigError:
-        from_file = {}
-    return {k: v for k, v in os.environ.items() if k not in from_file or from_file[k][0] != v}
+    return TTAConfig.load(explicit_settings(args), environ)
 
 
 def _config_error(exc: ConfigError) -> int:
@@ -75,16 +69,21 @@ def _output_dir(args: argparse.Namespace) -> Path | int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from src.service.config_loader import load_in_child
+
+    # Validated in a child process: the config model never loads into the daemon (config_loader.py).
+    try:
+        explicit = explicit_settings(args)
+        loaded = load_in_child(explicit, want_reload_environ=True)
+    except ConfigError as exc:
+        return _config_error(exc)
     from src.service import logs
     from src.service.daemon import Daemon
 
-    try:
-        config = load_config(args)
-    except ConfigError as exc:
-        return _config_error(exc)
-    logs.configure(config.log_level, config.log_file)
-    environ = reload_environ(config)  # decided once, at start: that is when systemd read the file
-    return Daemon(config, lambda: load_config(args, environ)).run()
+    config = loaded.values
+    logs.configure(config.log_level, config.log_file, config.secrets())
+    environ = loaded.reload_environ  # decided once, at start: that is when systemd read the file
+    return Daemon(config, lambda: load_in_child(explicit, environ).values).run()
 
 
 def cmd_reload(args: argparse.Namespace) -> int:
@@ -113,8 +112,18 @@ def cmd_check(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from src.service.report import run_report
 
-    directory = _output_dir(args)
-    return directory if isinstance(directory, int) else run_report(directory, as_json=args.json, by=args.by)
+    dirs = [Path(d) for d in args.dir or []]
+    fleets = [Path(f) for f in args.fleet or []]
+    hosts = args.host or []
+    if len(dirs) == 1 and not fleets:
+        return run_report(dirs[0], as_json=args.json, by=args.by, hosts=hosts)
+    if dirs or fleets:
+        return run_report(None, as_json=args.json, by=args.by, dirs=dirs, fleets=fleets, hosts=hosts)
+    try:
+        directory = load_config(args).output_dir
+    except ConfigError as exc:
+        return _config_error(exc)
+    return run_report(directory, as_json=args.json, by=args.by, hosts=hosts)
 
 
 def cmd_prune(args: argparse.Namespace) -> int:
@@ -166,11 +175,22 @@ def build_parser() -> argparse.ArgumentParser:
     reload.add_argument("--status-file", metavar="PATH", help="read the outcome from this file instead")
     reload.set_defaults(func=cmd_reload)
 
-    report = sub.add_parser("report", help="totals from the NDJSON files",
+    report = sub.add_parser("report", help="totals from the NDJSON files, of one host or a fleet",
                             description="Totals per day, per component and overall, read from emissions_*.json "
-                                        "(including rotated and compressed files).")
+                                        "(including rotated and compressed files). Several --dir, or --fleet, "
+                                        "add a row per host and a fleet total; each record (run_id, seq) counts "
+                                        "once, in whichever directory it is found. The host of a record is its "
+                                        "host field, else its directory's name. "
+                                        f"Exit {EX_OK} done, {EX_FAILURE} a directory could not be read (the others "
+                                        f"are reported), {EX_CONFIG} bad config.")
     _config_args(report)
-    report.add_argument("--dir", metavar="DIR", help="read this directory instead of the configured output_dir")
+    report.add_argument("--dir", metavar="DIR", action="append",
+                        help="read this directory instead of the configured output_dir; repeatable")
+    report.add_argument("--fleet", metavar="ROOT", action="append",
+                        help="read every subdirectory of ROOT as one host's records (ROOT/<host>/emissions_*); "
+                             "repeatable, combines with --dir")
+    report.add_argument("--host", metavar="NAME", action="append",
+                        help="limit the tables and totals to this host; repeatable")
     report.add_argument("--json", action="store_true", help="machine-readable output")
     report.add_argument("--by", choices=["day", "component", "unit"], default="day", help="table grouping (default day)")
     report.add_argument("--by-unit", dest="by", action="store_const", const="unit",

@@ -14,18 +14,23 @@ import socket
 import time
 from collections.abc import Callable
 from types import FrameType
+from typing import TYPE_CHECKING
 
 import sdnotify
 
-from src.components.carbon_component import CarbonComponent, IntervalOutcome, OutputDirUnwritable
-from src.orchestration import ConfigError, TTAConfig
+from src.components.carbon_component import CarbonComponent, DirectoryInUse, IntervalOutcome, OutputDirUnwritable
+from src.orchestration import ConfigError
+from src.orchestration.values import ConfigValues
 from src.service import logs
 from src.service.exit_codes import EX_CANTCREAT, EX_OK, EX_UNAVAILABLE
 from src.service.reload import APPLIED, REJECTED, STARTED, StatusPublisher, monotonic_ns, status_path
 
+if TYPE_CHECKING:
+    from src.orchestration import TTAConfig
+
 
 class Daemon:
-    def __init__(self, config: TTAConfig, load_config: Callable[[], TTAConfig]) -> None:
+    def __init__(self, config: TTAConfig | ConfigValues, load_config: Callable[[], TTAConfig | ConfigValues]) -> None:
         self.config = config
         self._load_config = load_config
         self.component = CarbonComponent(config)
@@ -49,6 +54,7 @@ class Daemon:
         if watchdog_pid and watchdog_pid != str(os.getpid()):
             watchdog_usec = 0
         self._watchdog_every = watchdog_usec / 2e6 if watchdog_usec > 0 else None
+        self._watchdog_due = 0.0  # monotonic time of the next ping the loop owes systemd
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         if signum == signal.SIGHUP:
@@ -68,6 +74,10 @@ class Daemon:
             log.error("start_failed", error=str(exc))
             _print_error(str(exc))
             return EX_CANTCREAT
+        except DirectoryInUse as exc:
+            log.error("start_failed", error=str(exc))
+            _print_error(str(exc))
+            return EX_UNAVAILABLE
         except OSError as exc:
             cfg = self.config
             if exc.errno in (98, 99, 13):  # EADDRINUSE, EADDRNOTAVAIL, EACCES on bind
@@ -130,10 +140,10 @@ class Daemon:
                 self._reload = False
                 self._apply_reload()
                 continue
-            self._ping_watchdog()
+            self._ping_watchdog(now)
             wait = deadline - now
             if self._watchdog_every is not None:
-                wait = min(wait, self._watchdog_every)
+                wait = min(wait, self._watchdog_due - now)
             sample_every = self.component.sample_every_s
             if sample_every is not None:
                 wait = min(wait, sample_every)
@@ -167,9 +177,20 @@ class Daemon:
             except BlockingIOError:
                 pass
 
-    def _ping_watchdog(self) -> None:
-        if self._watchdog_every is not None:
-            self._notifier.notify("WATCHDOG=1")
+    def _ping_watchdog(self, now: float | None = None) -> None:
+        """Ping when one is due (``now`` given: the loop's wake-ups), or unconditionally.
+
+        The loop wakes every second when the source is sampled (the CPU-load estimate); one ping
+        per half WatchdogSec is all systemd needs, not one per wake-up.
+        """
+        if self._watchdog_every is None:
+            return
+        if now is None:
+            now = time.monotonic()
+        elif now < self._watchdog_due:
+            return
+        self._notifier.notify("WATCHDOG=1")
+        self._watchdog_due = now + self._watchdog_every
 
     def _apply_reload(self) -> None:
         began = monotonic_ns()  # before the config is read: what `tta-carbon reload` matches its signal against
@@ -185,7 +206,7 @@ class Daemon:
             status.publish(REJECTED, began, error=str(exc))  # after the log line: it is there when ExecReload returns
             self._notifier.notify("READY=1")
             return
-        logs.configure(new.log_level, new.log_file)  # also reopens the log file (logrotate)
+        logs.configure(new.log_level, new.log_file, ConfigValues.of(new).secrets())  # also reopens the log file
         needs_restart = self.component.reconfigure(new)
         self.config = self.component.config
         self._log.info("reloaded", log_level=new.log_level, project=new.project_name,

@@ -15,7 +15,30 @@ import threading
 from pathlib import Path
 from typing import Any
 
-import structlog
+from src.components.carbon.files import open_append
+from src.components.carbon.secret import Secret
+
+
+def _import_structlog_without_rich() -> Any:
+    """structlog, imported with ``rich`` hidden from it.
+
+    structlog's ``dev`` module (always imported) loads rich and pygments, when installed, for its
+    coloured console renderer; codecarbon installs rich for its CLI. We render JSON only, so that
+    is ~5 MB of RSS the daemon would carry for nothing. Hidden only while structlog imports:
+    anything that imports rich later gets it.
+    """
+    hidden = "rich" not in sys.modules
+    if hidden:
+        sys.modules["rich"] = None  # type: ignore[assignment]  (None: "import rich" raises ImportError)
+    try:
+        import structlog as module
+    finally:
+        if hidden:
+            del sys.modules["rich"]
+    return module
+
+
+structlog = _import_structlog_without_rich()
 
 LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR,
           "critical": logging.CRITICAL}
@@ -58,6 +81,7 @@ class TeeWriter:
         self.path: Path | None = None
         self.error = ""
         self.journal = False  # stderr is the journal: prefix each line there with <priority>
+        self.secrets: tuple[Secret, ...] = ()  # scrubbed from every line, whatever quoted them
 
     def reopen(self, path: Path | None) -> None:
         with self._lock:
@@ -70,12 +94,14 @@ class TeeWriter:
                 return
             try:
                 path.parent.mkdir(parents=True, exist_ok=True)
-                self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, LOG_FILE_MODE)
+                self._fd = open_append(path, LOG_FILE_MODE)  # a FIFO in its place is refused, not blocked on
             except OSError as exc:
                 # A log file we cannot write must not stop carbon accounting: stderr still reaches journald.
                 self.error = f"cannot open log file {path}: {exc.strerror}"
 
     def write(self, line: str, priority: int = PRIORITY_INFO) -> None:
+        for secret in self.secrets:
+            line = secret.scrub(line)
         data = (line + "\n").encode("utf-8", "replace")
         try:
             sys.stderr.buffer.write(b"<%d>" % priority + data if self.journal else data)
@@ -113,9 +139,11 @@ class _TeeLogger:
 TEE = TeeWriter()
 
 
-def configure(level: str, log_file: Path | None) -> None:
+def configure(level: str, log_file: Path | None, secrets: tuple[Secret, ...] = ()) -> None:
+    """Log at ``level`` to stderr and ``log_file``; ``secrets`` never appear in a line, in any rendering."""
     TEE.reopen(log_file)
     TEE.journal = stream_is_journal(sys.stderr)
+    TEE.secrets = secrets
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,

@@ -249,3 +249,15 @@ def test_codecarbon_broken_keeps_serving_and_says_so(daemon_factory, tmp_path):
     errors = [ln for ln in d.log_file.read_text().splitlines() if "energy_source_unavailable" in ln]
     assert len(errors) == 1
     assert d.stop() == 0
+
+
+def test_watchdog_pings_once_per_half_watchdogsec_not_every_sample(daemon_factory):
+    """The lean estimate wakes the loop every second to sample /proc/stat; systemd needs a ping
+    only every WatchdogSec/2 (here 2 s of 4 s). Before: one WATCHDOG=1 per wake-up (~6 in 6 s)."""
+    d = daemon_factory(interval=15.0, settings={"energy_source": "cpu_load_tdp"},
+                       env={"WATCHDOG_USEC": "4000000"})
+    d.start()
+    d.drain_notifications(0.5)
+    time.sleep(6.0)
+    pings = [m for m in d.drain_notifications(0.2) if "WATCHDOG=1" in m]
+    assert 2 <= len(pings) <= 4, pings

@@ -62,7 +62,12 @@ def test_online_then_server_dies_then_cached_and_token_never_written(daemon_fact
         assert rec["carbon_intensity_g_per_kwh"] == 123.5 and rec["intensity_location"] == "FR"
         assert rec["emissions_g"]["total"] == pytest.approx(rec["energy_j"]["total"] / 3.6e6 * 123.5, rel=1e-9)
         assert fake.requests[0]["path"].endswith("?zone=FR") and fake.requests[0]["headers"]["auth-token"] == TOKEN
+        # The record reaches the file a moment before the page is rendered from it: poll briefly.
+        deadline = time.monotonic() + 3
         text, samples = scrape(d.url())
+        while intensity_samples(samples) != {"electricitymaps": 123.5} and time.monotonic() < deadline:
+            time.sleep(0.1)
+            text, samples = scrape(d.url())
         pages.append(text)
         assert intensity_samples(samples) == {"electricitymaps": 123.5}
         assert healthz(d)["intensity_error"] == ""

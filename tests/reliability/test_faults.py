@@ -9,6 +9,8 @@ import subprocess
 import textwrap
 from pathlib import Path
 
+import pytest
+
 from tests.reliability.conftest import health, metrics, read_lines, wait_until
 from tests.support.daemon import PrefixedDaemon
 
@@ -156,3 +158,173 @@ def test_codecarbon_scheduler_thread_raises(daemon_factory, tmp_path, figures):
     assert all(r["energy_j"]["cpu"] >= 0 for r in recs)
     figures.update(injected_faults=len(faults.read_text().split()), fault_threads=sorted(threads),
                    records=len(recs), measurement_errors=h["measurement_errors"])
+
+
+def test_unit_cgroup_named_with_bytes_that_are_not_utf8(daemon_factory, tmp_path, figures):
+    """A unit cgroup whose directory name is not UTF-8 uses CPU: the daemon keeps measuring (it crashed in the exposition before, and again in stop()); the name reads `\\xNN` in records, /metrics and `report --by unit`."""
+    import os
+    import threading
+    import time
+
+    from tests.support.daemon import REPO, TTA_CARBON, clean_env
+
+    root, proc = tmp_path / "cgroup", tmp_path / "proc"
+    (root / "system.slice").mkdir(parents=True)
+    proc.mkdir()
+    (root / "cgroup.controllers").write_text("cpu\n")
+    bad = Path(os.fsdecode(os.fsencode(str(root / "system.slice")) + b"/bad\xff.service"))
+    bad.mkdir()
+    stop = threading.Event()
+
+    def burn() -> None:  # the unit uses 0.2 s of CPU in every 0.25 s of host time (2 CPUs at 100 Hz)
+        n = 0
+        while not stop.is_set():
+            n += 1
+            (bad / "cpu.stat").write_text(f"usage_usec {n * 200_000}\n")
+            ticks = n * 50
+            (proc / "stat").write_text(f"cpu  {ticks // 2} 0 0 {ticks - ticks // 2} 0 0 0 0 0 0\n")
+            time.sleep(0.25)
+
+    burner = threading.Thread(target=burn, daemon=True)
+    burner.start()
+    try:
+        d = daemon_factory(settings={"energy_source": "cpu_load_tdp", "cgroup_root": str(root),
+                                     "proc_root": str(proc)}).start()
+        rec = d.wait_for_record(lambda r: "bad\\xff.service" in (r.get("units") or {}), "the unit's record")
+        # The record is on disk (and fsynced with the ledger) before /metrics is republished: wait for the page.
+        label = wait_until(lambda: [k for k in metrics(d) if "bad" in k], what="the unit's series on /metrics")
+        assert d.proc.poll() is None
+        assert d.stop() == 0, d.stderr()
+    finally:
+        stop.set()
+        burner.join(5)
+    assert label and all("unit=bad\\xff.service" in k for k in label), label  # the parsed (unescaped) value
+    report = subprocess.run([*TTA_CARBON, "report", "--by", "unit", "--dir", str(d.output_dir)], cwd=REPO,
+                            env=clean_env(), capture_output=True, text=True, timeout=60)
+    assert report.returncode == 0 and "bad\\xff.service" in report.stdout, report.stdout + report.stderr
+    figures.update(unit="bad\\xff.service", records=len(d.records()), metrics_series=len(label),
+                   stop_exit=0, report_exit=0, cpu_s=rec["units"]["bad\\xff.service"].get("cpu_s"))
+
+
+@pytest.mark.parametrize("swap", ["fifo", "symlink-devnull", "symlink-other-file"])
+def test_day_file_swapped_by_someone_with_write_access(daemon_factory, tmp_path, swap, figures):
+    """The day's file replaced while running by a FIFO (blocked the daemon in write(2) for good, SIGTERM too), a symlink to /dev/null (records lost, health 200) or to another file (its last line cut): refused, health says so, records kept and written once the file is back."""
+    import os
+    import time
+
+    d = daemon_factory().start()
+    first = d.wait_for_records(2)
+    path = d.output_dir / f"emissions_{first[-1]['interval_end'][:10]}.json"
+    saved = tmp_path / "saved.json"
+    os.rename(path, saved)
+    other = tmp_path / "other.txt"
+    other.write_bytes(b"line one\nno newline at the end")
+    if swap == "fifo":
+        os.mkfifo(path)
+    else:
+        os.symlink("/dev/null" if swap == "symlink-devnull" else other, path)
+    status, h = wait_until(lambda: (lambda s, h: (s, h) if h["last_write_error"] else None)(*health(d)),
+                           what="a write error for the swapped file")
+    assert status == 503 and "not a regular file" in h["last_write_error"], h
+    assert h["records_pending"] >= 1
+    pending = h["records_pending"]
+    os.unlink(path)  # the operator removes what was put there
+    wait_until(lambda: health(d)[1]["records_pending"] == 0 and not health(d)[1]["last_write_error"],
+               what="the queued records written")
+    t0 = time.monotonic()
+    assert d.stop() == 0
+    stop_s = time.monotonic() - t0
+    assert other.read_bytes() == b"line one\nno newline at the end"
+    records = _valid_lines([saved, path])
+    _contiguous(records)
+    figures.update(swap=swap, health_status=status, error=h["last_write_error"][:70], pending_peak=pending,
+                   records=len(records), seq_gaps=0, other_file_untouched=True, stop_s=round(stop_s, 2))
+
+
+def test_second_daemon_on_the_same_directories_is_refused(daemon_factory, figures):
+    """Two daemons on one state directory (both ran: the same seq twice, energy doubled in `report`): the second exits 69 with one line naming the first's pid; the first goes on; a kill -9'd holder leaves no stale lock."""
+    import os
+
+    first = daemon_factory("first").start()
+    first.wait_for_records(1)
+    same_dirs = {"output_dir": str(first.output_dir), "state_dir": str(first.state_dir)}
+    second = daemon_factory("second", settings=same_dirs)
+    second.start(wait_ready=False)
+    assert second.proc.wait(20) == 69
+    lines = [ln for ln in second.stderr().splitlines() if ln.startswith("tta-carbon:")]
+    assert len(lines) == 1 and f"pid {first.proc.pid}" in lines[0], second.stderr()
+    line = lines[0]
+    before = len(first.records())
+    wait_until(lambda: len(first.records()) > before, what="the first daemon still measuring")
+    first.proc.send_signal(signal.SIGKILL)
+    first.proc.wait(10)
+    run_id = first.records()[0]["run_id"]
+    third = daemon_factory("third", settings=same_dirs).start()
+    first.wait_for_record(lambda r: r["run_id"] not in (run_id,), "a record of the restarted daemon")  # same dirs
+    assert third.stop() == 0
+    _contiguous(first.records())
+    figures.update(second_exit=69, message=line.split(": ", 1)[-1][:90], after_kill9="started", seq_gaps=0)
+
+
+@pytest.mark.parametrize("setting", ["intensity_profile_file", "metrics_web_config", "log_file"])
+@pytest.mark.parametrize("what", ["fifo", "/dev/zero"])
+def test_fifo_or_dev_zero_at_a_configured_path_is_one_line_exit_78(tmp_path, setting, what, figures):
+    """A FIFO or /dev/zero at a path the daemon reads (hung at start, or MemoryError): exit 78 with one line naming the setting, nothing created."""
+    import os
+    import time
+
+    from tests.support.daemon import REPO, TTA_CARBON, clean_env
+
+    path = tmp_path / "fifo"
+    if what == "fifo":
+        os.mkfifo(path)
+    else:
+        path = Path(what)
+    t0 = time.monotonic()
+    proc = subprocess.run([*TTA_CARBON, "run", "--config", "/dev/null", "--env-file", "/dev/null",
+                           "--set", f"{setting}={path}", "--set", f"output_dir={tmp_path / 'out'}",
+                           "--set", f"state_dir={tmp_path / 'state'}"],
+                          cwd=REPO, env=clean_env(), capture_output=True, text=True, timeout=60)
+    took = time.monotonic() - t0
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert proc.returncode == 78, proc.stderr
+    assert len(lines) == 1 and setting in lines[0], proc.stderr
+    assert not (tmp_path / "out").exists()
+    figures.update(setting=setting, path=what, exit=78, seconds=round(took, 2), message=lines[0][-70:])
+
+
+def test_fifo_in_place_of_the_state_file_is_set_aside(daemon_factory, figures):
+    """The state file replaced by a FIFO (reading it hung the start): set aside as damaged, totals rebuilt from the records, one error line."""
+    import os
+
+    d = daemon_factory().start()
+    before = d.wait_for_records(2)
+    assert d.stop() == 0
+    state = d.state_dir / "carbon_state.json"
+    state.unlink()
+    os.mkfifo(state)
+    again = daemon_factory()  # the same work dir: the same output and state directories
+    again.start(timeout=20)
+    again.wait_for_records(len(d.records()) + 1)
+    assert again.stop() == 0
+    _contiguous(again.records())
+    kept = [p for p in d.state_dir.iterdir() if p.name.startswith("carbon_state.json.corrupt-")]
+    assert len(kept) == 1 and kept[0].is_fifo()
+    damaged = [ln for ln in again.stderr().splitlines() if "state_file_damaged" in ln]
+    assert len(damaged) == 1 and "named pipe" in damaged[0], again.stderr()
+    figures.update(kept=kept[0].name[:30], records=len(again.records()), seq_gaps=0, first_run=len(before))
+
+
+def test_environment_file_in_systemds_syntax_gives_systemds_values(daemon_factory, figures):
+    """An environment file in systemd's EnvironmentFile= syntax (a `;` comment, a backslash-continued value, a double-quoted value over two lines): the daemon runs with the values systemd gives (before: exit 78 "expected KEY=value" on the `;` line; without it, `carbon\\` and a quote kept in the value). tests/system/test_env_file_systemd.py checks 19 such files against a real systemd 252."""
+    d = daemon_factory()
+    d.workdir.mkdir(parents=True)
+    (d.workdir / "environment").write_text(
+        "; staging host\n"
+        "CARBON_PROJECT_NAME=carbon\\\n-staging\n"
+        'TTA_ENV="stag\\\ning"\n')
+    d.start()
+    record = d.wait_for_records(1)[0]
+    assert d.stop() == 0
+    assert (record["project"], record["env"]) == ("carbon-staging", "staging"), record
+    figures.update(project=record["project"], env=record["env"], exit=0)

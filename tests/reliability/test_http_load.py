@@ -108,3 +108,90 @@ def test_wrk_load_keeps_cadence(daemon_factory, figures):
     assert lat["late"] == 0 and lat["missed"] == 0, (lat, [r["duration_s"] for r in during])
     figures.update(duration_s=secs, connections=64, requests=reqs, req_per_s=rps, errors=0, p50=p50, p99=p99,
                    threads=threads0, **lat)
+
+
+def _server(max_connections: int, ssl_context=None):
+    from src.components.carbon.sinks.http_server import MetricsServer, Routes
+
+    page = b"# HELP x y\n" + b"x 1\n" * 1000  # 4 KB, like our page
+    server = MetricsServer("127.0.0.1", 0, Routes(lambda: page, "text/plain", lambda _auth: (True, b"{}\n")),
+                           max_connections=max_connections, ssl_context=ssl_context)
+    server.start()
+    return server
+
+
+def test_clients_that_never_read_give_their_slots_back(monkeypatch, figures):
+    """Clients that pipeline requests and never read their responses (held every slot for as long as they liked: drain() had no deadline): each is cut off after the write deadline and /metrics answers again."""
+    from src.components.carbon.sinks import http_server
+
+    monkeypatch.setattr(http_server, "WRITE_TIMEOUT_S", 1.0)
+    server = _server(max_connections=4)
+    hogs = []
+    try:
+        for _ in range(4):
+            s = socket.create_connection(("127.0.0.1", server.port))
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            s.settimeout(2)
+            hogs.append(s)
+            try:
+                s.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n" * 3000)  # ~12 MB of answers, never read
+            except TimeoutError:
+                pass  # the server stopped reading: its answers back up, which is the point
+        time.sleep(0.5)
+        refused = _raw(server.port, b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", timeout=2)
+        t0 = time.monotonic()
+        answered = b""
+        while time.monotonic() - t0 < 10 and not answered.startswith(b"HTTP/1.1 200"):
+            answered = _raw(server.port, b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", timeout=2)
+            time.sleep(0.2)
+        freed_after = time.monotonic() - t0
+    finally:
+        for s in hogs:
+            s.close()
+        server.stop()
+    assert not refused.startswith(b"HTTP/1.1 200"), "the hogs did not hold the slots"
+    assert answered.startswith(b"HTTP/1.1 200"), answered[:80]
+    figures.update(hogs=4, slots=4, write_deadline_s=1.0, answered_after_s=round(freed_after, 2))
+
+
+def test_tls_handshakes_count_against_the_connection_cap(tmp_path, figures):
+    """Idle TLS connections (no ClientHello) were not counted until their handshake finished: 8,000 of them exhausted the fds. Now they count from accept, extra ones are closed at once, and an idle handshake ends after its deadline."""
+    import ssl
+
+    if shutil.which("openssl") is None:
+        pytest.skip("needs openssl")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
+                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+    server = _server(max_connections=4, ssl_context=context)
+    idle = []
+    try:
+        for _ in range(12):
+            idle.append(socket.create_connection(("127.0.0.1", server.port)))
+        time.sleep(0.5)
+        closed_at_once = 0
+        for s in idle:
+            s.settimeout(0.3)
+            try:
+                closed_at_once += s.recv(1) == b""
+            except (TimeoutError, ConnectionResetError):
+                pass
+        held = server._open
+        t0 = time.monotonic()
+        s = idle[0]
+        s.settimeout(10)
+        try:
+            gone = s.recv(1) == b""
+        except ConnectionResetError:
+            gone = True
+        handshake_closed_after = time.monotonic() - t0
+    finally:
+        for s in idle:
+            s.close()
+        server.stop()
+    assert held <= 4 and closed_at_once >= 8, (held, closed_at_once)
+    assert gone and handshake_closed_after < 8, handshake_closed_after
+    figures.update(idle_tls_connections=12, cap=4, counted=held, closed_at_once=closed_at_once,
+                   handshake_deadline_s=5.0)

@@ -176,3 +176,96 @@ def test_damaged_state_without_records_starts_at_zero(tmp_path, damage, figures)
     kept = list(tmp_path.glob(f"{STATE_FILE}.corrupt-*"))
     assert [k.read_bytes() for k in kept] == [content]
     figures.update(damage=damage, start="zero")
+
+
+def test_state_file_left_behind_by_refused_saves_is_reconciled_with_the_records(daemon_factory, figures):
+    """State dir refusing writes for several intervals (chattr +i) while records go on, then stop and start: totals continue from the newest record, no seq is reissued (before: seq 4 and up issued again, totals fell by half)."""
+    from tests.reliability.conftest import wait_until
+
+    d = daemon_factory().start()
+    d.wait_for_records(2)
+    state = d.state_dir / "carbon_state.json"
+    wait_until(lambda: state.exists(), what="the state file")
+    subprocess.run(["chattr", "+i", str(d.state_dir)], check=True)
+    try:
+        n = len(d.records())
+        wait_until(lambda: len(d.records()) >= n + 5, what="five records while the state dir refuses saves")
+        assert d.stop() == 0
+    finally:
+        subprocess.run(["chattr", "-i", str(d.state_dir)], check=True)
+    saved = json.loads(state.read_text())["totals"]
+    before = d.records()
+    behind = before[-1]["seq"] - saved["seq"]
+    assert behind >= 5, (saved["seq"], before[-1]["seq"])
+    d2 = daemon_factory().start()  # the same work dir: the same output and state directories
+    d2.wait_for_records(len(before) + 1)
+    assert d2.stop() == 0
+    after = d2.records()
+    seqs = [r["seq"] for r in after]
+    assert seqs == list(range(1, len(seqs) + 1)), seqs  # contiguous: nothing reissued, nothing skipped
+    resumed = after[len(before)]
+    assert resumed["totals"]["energy_j"]["total"] >= before[-1]["totals"]["energy_j"]["total"]
+    figures.update(state_behind=behind, records=len(after), seq_reused=0,
+                   energy_j_before=round(before[-1]["totals"]["energy_j"]["total"], 3),
+                   energy_j_resumed=round(resumed["totals"]["energy_j"]["total"], 3))
+
+
+def test_report_on_hostile_files_skips_and_counts_and_never_crashes(tmp_path, figures):
+    """`tta-carbon report` on hostile files: a `.gz` that is not gzip and a truncated one (crashed the report), `"seq":1e400` and a 400-digit number (crashed it), a line reported skipped but counted, NaN (bare `NaN` in --json), a unit name with ESC/CR (printed raw): each skipped and counted, totals exactly the good lines'."""
+    import gzip
+
+    from tests.support.daemon import REPO, TTA_CARBON, clean_env
+
+    def rec(seq: int, joules: float, **extra) -> dict:
+        return {"run_id": "r1", "seq": seq, "interval_end": "2026-11-30T10:00:00Z",
+                "energy_j": {"cpu": joules, "ram": 1.0, "gpu": 0.0},
+                "emissions_g": {"cpu": joules / 100, "ram": 0.01, "gpu": 0.0}, **extra}
+
+    good = [rec(1, 10.0), rec(2, 20.0, units={"web\x1b[2J\r.service": {"energy_j": 5.0, "emissions_g": 0.05,
+                                                                          "cpu_s": 1.0}})]
+    lines = [json.dumps(r) for r in good]
+    lines.append(json.dumps(rec(3, 30.0)).replace('"seq": 3', '"seq": 1e400'))
+    lines.append(json.dumps(rec(4, 40.0)).replace("40.0", "4" * 400, 1))
+    lines.append(json.dumps(rec(5, 50.0, units={"bad": "not a mapping"})))  # was counted, then "skipped"
+    lines.append(json.dumps(rec(6, 60.0)).replace("60.0", "NaN", 1))
+    (tmp_path / "emissions_2026-11-30.json").write_text("\n".join(lines) + "\n")
+    (tmp_path / "emissions_2026-11-29.json.1.gz").write_bytes(b"this is not gzip\n")
+    whole = gzip.compress((json.dumps(rec(7, 70.0) | {"run_id": "r0"}) + "\n").encode() * 50)
+    (tmp_path / "emissions_2026-11-28.json.2.gz").write_bytes(whole[: len(whole) // 2])
+    out = {}
+    for args in (["--json"], ["--by", "unit"]):
+        proc = subprocess.run([*TTA_CARBON, "report", "--dir", str(tmp_path), *args], cwd=REPO, env=clean_env(),
+                              capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 0, proc.stderr
+        out[args[-1]] = proc
+    report = json.loads(out["--json"].stdout, parse_constant=lambda c: pytest.fail(f"bare {c} in --json"))
+    assert report["invalid_lines"] == 4, report
+    assert len(report["unreadable_files"]) == 2 and any("not a gzipped file" in u.lower() for u in report["unreadable_files"])
+    truncated_ok = report["overall"]["records"] - 2  # lines of the cut .gz read before the cut count once each
+    assert report["overall"]["energy_j"]["cpu"] == 30.0 + 70.0 * truncated_ok, report["overall"]
+    by_unit = out["unit"].stdout
+    assert "\x1b" not in by_unit and "\r" not in by_unit and "web\\x1b[2J\\r.service" in by_unit, by_unit
+    figures.update(invalid_lines=4, unreadable_files=2, records=report["overall"]["records"],
+                   raw_control_chars_printed=0)
+
+
+def test_state_totals_near_the_float_limit_are_damage_not_a_crash(daemon_factory, figures):
+    """State totals of 1e308 (a damaged file, or one written by hand): the daemon starts, keeps the copy and rebuilds from the records (before: the next interval overflowed to inf and every start crashed)."""
+    d = daemon_factory().start()
+    d.wait_for_records(2)
+    assert d.stop() == 0
+    before = d.records()
+    state = d.state_dir / "carbon_state.json"
+    doc = json.loads(state.read_text())
+    doc["totals"]["energy_j"]["cpu"] = 1e308
+    state.write_text(json.dumps(doc))
+    d2 = daemon_factory().start()
+    d2.wait_for_records(len(before) + 1)
+    assert d2.stop() == 0
+    records = d2.records()
+    _check_continuity(records)
+    total = records[-1]["totals"]["energy_j"]["total"]
+    assert total < 1e6 and total == total, total  # finite, rebuilt from the records
+    damaged = [e for e in _events(d2) if e.get("event") == "state_file_damaged"]
+    assert len(damaged) == 1 and "1e+308" in damaged[0]["error"], damaged
+    figures.update(planted=1e308, resumed_total_j=round(total, 3), exit=0)

@@ -137,6 +137,21 @@ def remove_cgroup_tree(root: Path, timeout: float = 5.0) -> None:
         time.sleep(0.05)
 
 
+def make_own_cgroups(name: str, made: list[Path]) -> str:
+    """Create ``name`` below this process's cgroup in every hierarchy, appending each to ``made``
+    (as it goes, so a failure half-way can still be cleaned up); return the shell command that
+    moves the shell running it (``$$``) into all of them."""
+    for parent in current_cgroup_dirs():
+        cg = parent / name
+        cg.mkdir()
+        made.append(cg)
+        if (parent / "cpuset.cpus").exists():
+            # A v1 cpuset child starts empty and refuses tasks until it has CPUs/mems.
+            for f in ("cpuset.cpus", "cpuset.mems"):
+                (cg / f).write_text((parent / f).read_text())
+    return " && ".join(f"echo $$ > {shlex.quote(str(cg))}/cgroup.procs" for cg in made)
+
+
 def current_cgroup_dirs() -> list[Path]:
     """The directory of this process's own cgroup in every mounted hierarchy (v1 and v2).
 
@@ -251,17 +266,9 @@ class NSystemd:
             inner = self.workdir / "nsystemd-inner.sh"
             inner.write_text(self._inner_script())
             reap_stale_cgroups()
-            for parent in current_cgroup_dirs():
-                cg = parent / self.name
-                cg.mkdir()
-                self._cgroups.append(cg)
-                if (parent / "cpuset.cpus").exists():
-                    # A v1 cpuset child starts empty and refuses tasks until it has CPUs/mems.
-                    for f in ("cpuset.cpus", "cpuset.mems"):
-                        (cg / f).write_text((parent / f).read_text())
             # The starter joins its own cgroups *before* unshare --cgroup, so the new
             # cgroup namespace (and everything systemd creates) is rooted below them.
-            join = " && ".join(f"echo $$ > {shlex.quote(str(cg))}/cgroup.procs" for cg in self._cgroups)
+            join = make_own_cgroups(self.name, self._cgroups)
             starter = (
                 f"{join} && exec unshare --pid --fork --mount --uts --ipc --net --cgroup "
                 f"--propagation private --kill-child /bin/sh {shlex.quote(str(inner))}"

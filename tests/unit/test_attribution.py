@@ -155,6 +155,35 @@ def test_list_units_globs_nesting_and_children(tmp_path: Path, layout: str) -> N
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
+def test_a_units_delegated_subtree_is_never_listed_as_host_units(tmp_path: Path, layout: str) -> None:
+    """A container scope running its own systemd holds its own system.slice/nginx.service: with the
+    walk going into every directory, the default glob listed it as the host's nginx.service."""
+    t = Tree(tmp_path, layout)
+    t.set("system.slice/nginx.service", 1.0)
+    t.set("system.slice/docker-abc.scope", 9.0)
+    t.set("system.slice/docker-abc.scope/system.slice/nginx.service", 8.0)
+    t.set("system.slice/docker-abc.scope/system.slice/inner-only.service", 1.0)
+    t.set("system.slice/system-getty.slice/getty@tty1.service", 0.5)  # nested slices still count
+    h = detect(t.root)
+    units = list_units(h, ["system.slice/*.service"], [])
+    assert {n: u.usage_ns for n, u in units.items()} == {
+        "nginx.service": 1_000_000_000, "getty@tty1.service": 500_000_000}
+    assert set(list_units(h, ["system.slice/*.scope"], [])) == {"docker-abc.scope"}
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_a_unit_name_that_is_not_utf8_is_listed_as_text(tmp_path: Path, layout: str) -> None:
+    t = Tree(tmp_path, layout)
+    raw = os.fsencode(str(t.top / "system.slice")) + b"/bad\xff\xfe.service"
+    os.mkdir(raw)
+    t._write_usage(Path(os.fsdecode(raw)), 2.0)
+    units = list_units(detect(t.root), ["system.slice/*.service"], [])
+    assert set(units) == {"bad\\xff\\xfe.service"}
+    for name in units:
+        name.encode("utf-8")  # raised UnicodeEncodeError (a lone surrogate) before
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
 def test_sampler_deltas_new_restarted_reset_and_gone(tmp_path: Path, layout: str) -> None:
     t = Tree(tmp_path, layout)
     t.set("system.slice/a.service", 10.0)

@@ -651,8 +651,9 @@ def test_empty_directory_setting_is_rejected_not_cwd(cfg: Cfg, var: str) -> None
 
 
 def test_path_with_nul_byte(cfg: Cfg) -> None:
-    cfg.envfile(f"CARBON_OUTPUT_DIR={cfg.dir}/a\x00b\n")
-    cfg.error("invalid output_dir=", "\\x00", f"({cfg.env_path} line 1)", "NUL byte")
+    # systemd would stop reading the file at the NUL and run with output_dir ".../a".
+    cfg.envfile(f"CARBON_LOG_LEVEL=info\nCARBON_OUTPUT_DIR={cfg.dir}/a\x00b\n")
+    cfg.error(f"environment file {cfg.env_path} line 2: holds a NUL byte")
 
 
 @pytest.mark.parametrize("var", ["CARBON_OUTPUT_DIR", "CARBON_STATE_DIR", "CARBON_LOG_FILE"])
@@ -757,12 +758,12 @@ def test_config_path_too_long(cfg: Cfg) -> None:
 def test_config_file_that_is_a_directory_cannot_be_read(cfg: Cfg) -> None:
     # A directory in place of the file: unreadable as a file even for root (chmod 000 would not stop root).
     cfg.env(TTA_CONFIG=str(cfg.dir))
-    cfg.error(f"config file {cfg.dir}: cannot read: Is a directory")
+    cfg.error(f"config file {cfg.dir}: is a directory, not a regular file")
 
 
 def test_env_file_that_is_a_directory_cannot_be_read(cfg: Cfg) -> None:
     cfg.env(TTA_ENV_FILE=str(cfg.dir))
-    cfg.error(f"environment file {cfg.dir}: cannot read: Is a directory")
+    cfg.error(f"environment file {cfg.dir}: is a directory, not a regular file")
 
 
 def test_file_names_with_control_characters_stay_on_one_line(cfg: Cfg) -> None:
@@ -1079,3 +1080,33 @@ def test_property_binary_files(cfg: Cfg, raw: bytes) -> None:
     cfg.envfile(b"")
     cfg.yaml(raw)
     _load_or_one_line_error()
+
+
+@pytest.mark.parametrize("name", ["Proj\x85Next", "Proj\x9bcsi"])
+def test_project_name_refuses_c1_control_characters(cfg: Cfg, name: str) -> None:
+    """C1 controls (U+0080-U+009F: NEL, CSI) were accepted as "printable" project names."""
+    cfg.env(CARBON_PROJECT_NAME=name)
+    cfg.error("invalid project_name=")
+
+
+def test_env_file_line_numbers_count_lines_inside_quoted_values(cfg: Cfg) -> None:
+    """A value spanning lines (quotes, backslash-newline) moves the next key's line number on."""
+    cfg.envfile('CARBON_PROJECT_NAME="a\nb"\nCARBON_REGION=x\\\ny\nCARBON_METRICS_PORT=bad\n')
+    cfg.error("invalid metrics_port='bad'", f"({cfg.env_path} line 5)")
+
+
+def test_env_file_unterminated_quote_names_the_line_it_opened_on(cfg: Cfg) -> None:
+    cfg.envfile("CARBON_LOG_LEVEL=info\nCARBON_PROJECT_NAME='open\nCARBON_REGION=x\n")
+    cfg.error(f"environment file {cfg.env_path} line 2: unterminated quote in CARBON_PROJECT_NAME")
+
+
+@pytest.mark.parametrize("name", ["bad host", "-leading-dash", "host\tname", "h" * 254, "ünïcode"])
+def test_host_name_refuses_what_is_not_a_host_name(cfg: Cfg, name: str) -> None:
+    cfg.env(CARBON_HOST_NAME=name)
+    cfg.error("invalid host_name=")
+
+
+def test_host_name_accepts_short_and_fully_qualified_names(cfg: Cfg) -> None:
+    for name in ("carbon-staging-01", "node7.dc2.example.internal", "A1_b"):
+        cfg.env(CARBON_HOST_NAME=name)
+        assert cfg.load().host_name == name

@@ -212,6 +212,7 @@ def test_timeout_falls_back_to_last_known_value(fake):
     assert (answer.grams_per_kwh, answer.source) == (123.5, "electricitymaps_cached")
     assert "timed out" in p.last_error
     fake.delay_s = 0.0
+    time.sleep(1.6)  # the timed-out request ends when the slow answer comes: no second one runs beside it
     assert p.fetch_once() and p.current(time.time()).source == "electricitymaps"  # recovers
     assert p.current(time.time()).grams_per_kwh == 999.0
 

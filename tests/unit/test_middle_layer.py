@@ -367,14 +367,44 @@ def test_ledger_record_ahead(tmp_path):
     assert load.note == f"totals continue from {newest.name} (seq 3; state file was one record behind)"
 
 
-def test_ledger_two_records_ahead_is_not_trusted(tmp_path):
+def test_ledger_records_ahead_by_many_win_so_no_seq_is_reused(tmp_path):
+    """Saves refused for a while, appends not: the state file fell behind by several records. Trusting
+    it (as when this test read "two records ahead is not trusted") reissued seq 2 and 3 and lost their energy."""
     state_dir = tmp_path / "st"
     state_dir.mkdir()
     recs = make_records(3)
     write_ndjson(live_path(tmp_path / "out", recs[0]), recs)
     Ledger(state_dir).save(recs[0].totals)
     load = Ledger(state_dir, tmp_path / "out").load()
-    assert load.origin is LedgerOrigin.STATE and load.totals.seq == 1
+    assert load.origin is LedgerOrigin.RECORD_AHEAD and load.totals == recs[2].totals
+    assert load.note.endswith("(seq 3; state file was 2 records behind)")
+
+
+def test_ledger_without_a_state_file_continues_from_the_records(tmp_path):
+    state_dir, out = tmp_path / "st", tmp_path / "out"
+    state_dir.mkdir()
+    recs = make_records(3)
+    write_ndjson(live_path(out, recs[0]), recs)
+    load = Ledger(state_dir, out).load()
+    assert load.origin is LedgerOrigin.RECORDS_ONLY and load.totals == recs[2].totals
+    assert load.note.startswith("no state file; totals continue from the record with the highest seq (3, ")
+
+
+def test_ledger_reads_only_the_tail_of_a_large_day_file(tmp_path, monkeypatch):
+    from src.components.carbon import ndjson_files
+
+    state_dir, out = tmp_path / "st", tmp_path / "out"
+    state_dir.mkdir()
+    recs = make_records(3)
+    live = live_path(out, recs[0])
+    write_ndjson(live, recs)
+    with open(live, "r+b") as fh:  # 50 MB of older lines before the newest records
+        body = fh.read()
+        fh.seek(0)
+        fh.write(b'{"old": 1}\n' * 5_000_000 + body)
+    monkeypatch.setattr(ndjson_files, "read_lines", lambda path: pytest.fail(f"read whole: {path}"))
+    load = Ledger(state_dir, out).load()
+    assert load.totals == recs[2].totals
 
 
 def test_ledger_rebuilt_from_the_highest_seq_when_damaged(tmp_path):
@@ -496,11 +526,12 @@ def test_ledger_gap_reference_is_the_later_of_state_file_and_records(tmp_path):
     state_dir.mkdir()
     old = make_records(5)  # left over from before the operator removed the state file
     write_ndjson(live_path(out, old[0]), old)
-    new = make_records(2, end_wall=END_WALL + 600)  # the new ledger's records, later, lower seq
+    new = make_records(2, end_wall=END_WALL + 600)  # a state file saved later, at a lower seq
     Ledger(state_dir).save(new[1].totals, new[1])
     load = Ledger(state_dir, out).load()
-    assert load.origin is LedgerOrigin.STATE and load.last is not None
-    assert load.last.interval_end == new[1].interval_end  # not the older record with the higher seq
+    # The records' seq wins (none is ever reissued); the gap runs from the later measured moment.
+    assert load.origin is LedgerOrigin.RECORD_AHEAD and load.totals == old[4].totals and load.last is not None
+    assert load.last.interval_end == new[1].interval_end
     # Saves failing for a while: the state file's "last" is older than the newest record, which wins.
     Ledger(state_dir).save(old[1].totals, old[1])
     load = Ledger(state_dir, out).load()
@@ -510,7 +541,7 @@ def test_ledger_gap_reference_is_the_later_of_state_file_and_records(tmp_path):
 def test_record_and_metrics_carry_unmeasured_seconds():
     recs = _with_unmeasured(make_records(2), 12.5)
     assert recs[0].to_json_dict()["totals"]["unmeasured_s"] == 12.5
-    with pytest.raises(ValueError, match="unmeasured_s must be a finite non-negative number"):
+    with pytest.raises(ValueError, match="unmeasured_s must be a number from 0 to 1e[+]200"):
         Totals.from_dict({**Totals().to_dict(), "unmeasured_s": -1})
     sink = PrometheusSink()
     health = build_health(DaemonInfo("v", "p", "e", 15.0, 900.0), SourceStatus("rapl", True), MeasurementStats(),
@@ -671,3 +702,29 @@ def test_read_cpu_ticks_needs_a_leading_cpu_line(tmp_path, text):
 def test_read_cpu_ticks_missing_file_is_an_oserror(tmp_path):
     with pytest.raises(OSError):
         procstat.read_cpu_ticks(tmp_path / "no-proc")
+
+
+def test_cpu_tick_reader_keeps_the_file_open_and_reads_fresh_figures(tmp_path):
+    proc = write_stat(tmp_path / "proc", "cpu  100 20 30 400 50 6 7 8 90 10\nintr 1\n")
+    reader = procstat.CpuTickReader(proc)
+    assert reader.read() == procstat.read_cpu_ticks(proc)
+    fd = reader._fd
+    (proc / "stat").write_text("cpu  200 20 30 500 50 6 7 8 0 0\n")  # same inode, new figures
+    assert reader.read() == procstat.CpuTicks(busy=271, total=821)
+    assert reader._fd == fd  # one descriptor for every sample
+    long_line = "cpu  " + " ".join(["12345678901234567890"] * 30) + "\n"  # past the 512-byte first read
+    (proc / "stat").write_text(long_line)
+    assert reader.read() == procstat.read_cpu_ticks(proc)
+    (proc / "stat").write_text("intr 1\n")
+    with pytest.raises(ValueError, match="does not start with a cpu line"):
+        reader.read()
+    reader.close()
+    assert reader._fd is None
+    reader.close()  # idempotent
+
+
+def test_cpu_tick_reader_unreadable_is_an_oserror(tmp_path):
+    reader = procstat.CpuTickReader(tmp_path / "no-proc")
+    with pytest.raises(OSError):
+        reader.read()
+    assert reader._fd is None

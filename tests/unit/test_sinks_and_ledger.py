@@ -112,4 +112,23 @@ def test_ledger_rejects_negative_totals(tmp_path):
         {"version": 1, "totals": {"seq": 2, "energy_j": {"cpu": -1}, "emissions_g": {}}}))
     loaded = Ledger(tmp_path).load()
     totals, note = loaded.totals, loaded.note
-    assert totals.seq == 0 and "energy_j.cpu must be a finite non-negative number" in note
+    assert totals.seq == 0 and "energy_j.cpu must be a number from 0 to 1e+200" in note
+
+
+def test_ledger_treats_totals_near_the_float_limit_as_damaged(tmp_path):
+    """Totals of 1e308 overflowed to inf at the next interval, and every start then crashed."""
+    (tmp_path / STATE_FILE).write_text(json.dumps(
+        {"version": 1, "totals": {"seq": 2, "energy_j": {"cpu": 1e308}, "emissions_g": {}}}))
+    loaded = Ledger(tmp_path).load()
+    assert loaded.damaged and loaded.totals.seq == 0
+    assert "energy_j.cpu must be a number from 0 to 1e+200, got 1e+308" in loaded.note
+
+
+def test_two_damaged_state_files_within_one_second_are_both_kept(tmp_path):
+    """The copy was named by the second only: a second damage in that second replaced the first copy."""
+    first, second = b"\x00damaged one", b"\x00damaged two"
+    for content in (first, second):
+        (tmp_path / STATE_FILE).write_bytes(content)
+        assert Ledger(tmp_path).load().damaged
+    kept = sorted(p.read_bytes() for p in tmp_path.glob(f"{STATE_FILE}.corrupt-*"))
+    assert kept == sorted([first, second])

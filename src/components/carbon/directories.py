@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import pwd
 import uuid
@@ -13,6 +14,51 @@ from pathlib import Path
 
 class OutputDirUnwritable(Exception):
     """The output directory cannot take records; the message names it and why."""
+
+
+class DirectoryInUse(Exception):
+    """Another daemon holds the directory's lock; the message names the directory and its pid."""
+
+
+LOCK_NAME = ".tta-carbon.lock"
+
+
+class DirectoryLock:
+    """An exclusive ``flock`` on ``<directory>/.tta-carbon.lock``, held while the daemon runs.
+
+    Two daemons on one state directory would issue the same seq numbers and double every
+    figure ``tta-carbon report`` adds up. The kernel drops the lock when its holder exits
+    (``kill -9`` included), so a stale lock file never blocks a start; the file holds the
+    holder's pid only so the refusal can name it.
+    """
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self._fd: int | None = None
+
+    def acquire(self) -> DirectoryLock:
+        """Take the lock; raises DirectoryInUse (naming the holder) or OSError."""
+        path = self.directory / LOCK_NAME
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
+            os.close(fd)
+            raise DirectoryInUse(f"{self.directory} is in use by another tta-carbon (pid {holder}); stop it, "
+                                 "or give this one its own output_dir and state_dir") from None
+        except OSError:
+            os.close(fd)
+            raise
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        if self._fd is not None:
+            fd, self._fd = self._fd, None
+            os.close(fd)  # closing the descriptor releases the lock
 
 
 def probe_writable(directory: Path) -> None:

@@ -29,6 +29,7 @@ class DaemonInfo:
     env: str
     interval_s: float
     started_at: float  # wall clock, epoch seconds
+    host: str = ""  # the records' host; "" when record_hostname is false
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +40,12 @@ class SourceStatus:
     degraded: str = ""  # what it fell back to and why (codecarbon missing or failed); "" when as intended
 
 
+# HealthSnapshot's free-text fields; public_dict() withholds them.
+DETAIL_FIELDS = ("tracker_error", "energy_source_degraded", "intensity_error", "last_measurement_error",
+                 "last_write_error")
+WITHHELD = "withheld: send the /metrics credentials to see it"
+
+
 @dataclass(frozen=True, slots=True)
 class HealthSnapshot:
     version: str
@@ -46,6 +53,7 @@ class HealthSnapshot:
     env: str
     interval_s: float
     started_at: float  # wall clock, epoch seconds
+    host: str = ""  # the records' host; "" when record_hostname is false
     tracker_available: bool = False
     tracker_error: str = ""
     energy_source: str = ""
@@ -71,9 +79,23 @@ class HealthSnapshot:
     total_energy_j: float = 0.0
     seq: int = 0
     unmeasured_s: float = 0.0  # Totals.unmeasured_s: seconds between runs no record covers
+    measured_s: float = 0.0  # Totals.measured_s: seconds the records cover
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def public_dict(self) -> dict[str, Any]:
+        """:meth:`as_dict` with the free-text error fields withheld (non-empty ones say so).
+
+        What /healthz answers a request without credentials when basic auth is on: the verdict,
+        counters and ages stay open for runbooks and load balancers; error texts come from
+        upstream APIs, files and libraries, and are not for anyone who can reach the port.
+        """
+        values = asdict(self)
+        for name in DETAIL_FIELDS:
+            if values[name]:
+                values[name] = WITHHELD
+        return values
 
     def status_line(self) -> str:
         """The one-line systemd STATUS= summary."""
@@ -112,7 +134,7 @@ def build_health(
         output_bytes=output_bytes, log_file_bytes=log_file_bytes,
         last_power_w=sum(last.power_w.values()) if last else 0.0,
         total_emissions_g=sum(totals.emissions_g.values()), total_energy_j=sum(totals.energy_j.values()),
-        seq=totals.seq, unmeasured_s=totals.unmeasured_s,
+        seq=totals.seq, unmeasured_s=totals.unmeasured_s, measured_s=totals.measured_s, host=info.host,
     )
 
 

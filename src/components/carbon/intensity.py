@@ -31,10 +31,11 @@ from datetime import datetime
 from pathlib import Path
 from typing import Protocol
 
-from pydantic import SecretStr
 
+from src.components.carbon.files import NotARegularFile, read_small_file
 from src.components.carbon.record import Intensity
 from src.components.carbon.reference_data import energy_mix
+from src.components.carbon.secret import Secret
 
 MAX_G_PER_KWH = 3000.0
 DEFAULT_ELECTRICITYMAPS_URL = "https://api.electricitymap.org/v3/carbon-intensity/latest"
@@ -116,11 +117,15 @@ class ProfileProvider:
     def load(cls, path: Path, location: str = "") -> ProfileProvider:
         name = str(path) if str(path).isprintable() else repr(str(path))  # errors stay on one line
         try:
-            text = Path(path).read_text(encoding="utf-8")
+            text = read_small_file(Path(path)).decode("utf-8")  # a FIFO or /dev/zero is refused, not waited on
         except UnicodeDecodeError as exc:
             raise ProfileError(f"{name}: not valid UTF-8 (byte {exc.start})") from None
+        except NotARegularFile as exc:
+            raise ProfileError(f"{name}: {exc.strerror}") from None
         except OSError as exc:
             raise ProfileError(f"{name}: cannot read: {exc.strerror}") from None
+        except ValueError as exc:  # larger than the bound
+            raise ProfileError(f"{name}: {exc}") from None
         rows = []
         # Only "\n" ends a line, as editors count (splitlines() also breaks at \x1e, \x85, ...).
         for lineno, line in enumerate(text.split("\n"), 1):
@@ -196,10 +201,11 @@ class ElectricityMapsProvider:
     step answers) before any success or once the cached value is too old.
     """
 
-    def __init__(self, token: SecretStr, zone: str, base_url: str = DEFAULT_ELECTRICITYMAPS_URL, *,
+    def __init__(self, token: Secret, zone: str, base_url: str = DEFAULT_ELECTRICITYMAPS_URL, *,
                  refresh_s: float = 900.0, timeout_s: float = 5.0, retry_s: float = 60.0,
                  max_stale_s: float = 86400.0, clock: Callable[[], float] = time.time) -> None:
-        self._token = token
+        # The library's Secret (it scrubs itself from messages), whatever secret type the caller holds.
+        self._token = token if isinstance(token, Secret) else Secret(token.get_secret_value())
         self.zone = zone
         self.url = f"{base_url}?{urllib.parse.urlencode({'zone': zone})}"
         self.refresh_s = refresh_s
@@ -217,6 +223,7 @@ class ElectricityMapsProvider:
         self.last_error = ""
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._in_flight: threading.Thread | None = None  # a request past its deadline, still running
 
     @property
     def settings_key(self) -> tuple:
@@ -242,7 +249,7 @@ class ElectricityMapsProvider:
     def fetch_once(self) -> bool:
         """One request; updates the cached state. Returns whether it succeeded. Never raises."""
         try:
-            value = self._request()
+            value = self._request_within_deadline()
         except Exception as exc:  # any failure falls back; the daemon never dies of it
             error = self._scrub(_describe_error(exc))
             value_before, fetched_at, was_ok = self._state
@@ -257,6 +264,36 @@ class ElectricityMapsProvider:
         self._state = (value, self._clock(), True)
         self.last_error = ""
         return True
+
+    def _request_within_deadline(self) -> float:
+        """``_request`` with a total deadline of ``timeout_s``, not only a per-``recv`` one.
+
+        A server that trickles one byte every few seconds never trips a socket timeout, and
+        the last value stayed labelled live ``electricitymaps`` for good. The request runs on
+        a helper thread that is abandoned (a daemon thread) if it overruns; while one is still
+        stuck no second one starts, so a hostile server holds at most one thread.
+        """
+        stuck = self._in_flight
+        if stuck is not None and stuck.is_alive():
+            raise TimeoutError(f"the previous request is still unanswered after its {self.timeout_s:g} s deadline")
+        outcome: list[float | BaseException] = []
+
+        def run() -> None:
+            try:
+                outcome.append(self._request())
+            except BaseException as exc:  # handed to the caller's thread below
+                outcome.append(exc)
+
+        worker = threading.Thread(target=run, name="electricitymaps-request", daemon=True)
+        self._in_flight = worker
+        worker.start()
+        worker.join(self.timeout_s)
+        if not outcome:
+            raise TimeoutError(f"no complete answer within {self.timeout_s:g} s")
+        self._in_flight = None
+        if isinstance(outcome[0], BaseException):
+            raise outcome[0]
+        return outcome[0]
 
     def _request(self) -> float:
         req = urllib.request.Request(self.url, headers={
@@ -279,8 +316,7 @@ class ElectricityMapsProvider:
         return value
 
     def _scrub(self, text: str) -> str:
-        secret = self._token.get_secret_value()
-        return text.replace(secret, "***") if secret else text
+        return self._token.scrub(text)
 
     def current(self, now_wall: float) -> Intensity | None:
         value, fetched_at, ok = self._state
@@ -300,7 +336,8 @@ def _describe_error(exc: Exception) -> str:
         reason = exc.reason
         return f"cannot connect: {getattr(reason, 'strerror', None) or reason}"
     if isinstance(exc, TimeoutError):
-        return "timed out"
+        detail = str(exc)
+        return f"timed out: {detail}" if detail and detail != "timed out" else "timed out"
     return f"{type(exc).__name__}: {exc}"
 
 
@@ -363,7 +400,7 @@ class IntensityChain:
 class OnlineSettings:
     """Electricity Maps: where to ask and how often. Present only when not offline."""
 
-    token: SecretStr
+    token: Secret
     zone: str
     url: str = DEFAULT_ELECTRICITYMAPS_URL
     refresh_s: float = 900.0

@@ -11,6 +11,7 @@ from enum import Enum
 from pathlib import Path
 
 from src.components.carbon import ndjson_files
+from src.components.carbon.files import NotARegularFile, read_small_file
 from src.components.carbon.record import EmissionsRecord, Totals
 
 STATE_FILE = "carbon_state.json"
@@ -23,9 +24,10 @@ NOTABLE_GAP_INTERVALS = 1.5
 class LedgerOrigin(Enum):
     """Where the totals at start-up came from."""
 
-    FRESH = "fresh"  # no state file: zero
+    FRESH = "fresh"  # no state file and no records: zero
     STATE = "state"  # the state file
-    RECORD_AHEAD = "record_ahead"  # the newest record, one ahead of the state file (killed between the two)
+    RECORD_AHEAD = "record_ahead"  # the newest record, ahead of the state file (killed, or saves failed)
+    RECORDS_ONLY = "records_only"  # no state file: the record with the highest seq
     REBUILT = "rebuilt"  # state file damaged: the record with the highest seq
     ZERO_AFTER_DAMAGE = "zero_after_damage"  # state file damaged and no readable record
 
@@ -65,6 +67,7 @@ class LedgerLoad:
     last: LastRecord | None = None  # the newest record the totals include; None: none, or unknown (old state file)
     gap_s: float | None = None  # unmeasured seconds from ``last`` to this run's first interval (``with_gap``)
     gap_notable: bool = False  # the start-up log names the gap (long, or the previous run was killed)
+    behind: int = 0  # RECORD_AHEAD: how many records the state file had missed
 
     @property
     def damaged(self) -> bool:
@@ -97,7 +100,10 @@ class LedgerLoad:
             case LedgerOrigin.STATE:
                 return f"totals continue from {self.where} (seq {seq})"
             case LedgerOrigin.RECORD_AHEAD:
-                return f"totals continue from {self.where} (seq {seq}; state file was one record behind)"
+                missed = "one record" if self.behind == 1 else f"{self.behind} records"
+                return f"totals continue from {self.where} (seq {seq}; state file was {missed} behind)"
+            case LedgerOrigin.RECORDS_ONLY:
+                return f"no state file; totals continue from the record with the highest seq ({seq}, {self.where})"
             case LedgerOrigin.REBUILT:
                 return f"{self.damage}; totals rebuilt from the record with the highest seq ({seq}, {self.where})"
             case LedgerOrigin.ZERO_AFTER_DAMAGE:
@@ -133,33 +139,38 @@ class Ledger:
         A damaged file is kept aside (never deleted) so an operator can inspect it.
         """
         try:
-            raw = self.path.read_bytes()
+            raw = read_small_file(self.path)
         except FileNotFoundError:
-            return LedgerLoad(Totals(), LedgerOrigin.FRESH, "")
+            # Records outlive a lost state file: continue from them, never reissue their seq.
+            found = self._latest_record()
+            if found is None:
+                return LedgerLoad(Totals(), LedgerOrigin.FRESH, "")
+            rebuilt, where, last = found
+            return LedgerLoad(rebuilt, LedgerOrigin.RECORDS_ONLY, where, last=last)
+        except NotARegularFile as exc:  # a FIFO or a device in its place: reading it would hang or never end
+            return self._set_aside(exc.strerror)
+        except ValueError as exc:  # far larger than any state file
+            return self._set_aside(str(exc))
         try:
             data = json.loads(raw)
             if data.get("version") != STATE_VERSION:
                 raise ValueError(f"unsupported state version {data.get('version')!r}")
             totals = Totals.from_dict(data["totals"])
-        except (ValueError, KeyError, TypeError, AttributeError) as exc:
-            kept = self.path.with_name(f"{STATE_FILE}.corrupt-{int(time.time())}")
-            os.replace(self.path, kept)
-            damage = f"state file {self.path} is damaged ({exc}); kept as {kept.name}"
-            found = self._latest_record(all_files=True)
-            if found is None:
-                return LedgerLoad(Totals(), LedgerOrigin.ZERO_AFTER_DAMAGE, "", damage)
-            rebuilt, where, last = found
-            return LedgerLoad(rebuilt, LedgerOrigin.REBUILT, where, damage, last)
+        except (ValueError, KeyError, TypeError, AttributeError, OverflowError) as exc:
+            return self._set_aside(str(exc))
         # Written by this version with each save; absent from older state files.
         saved_last = LastRecord.from_record(data.get("last"))
-        found = self._latest_record(all_files=False)
+        found = self._latest_record()
         if found is not None:
             newer, where, last = found
-            # Killed between appending record N and saving state N: the record is the truth.
-            if newer.seq == totals.seq + 1 and all(
-                newer.energy_j[c] >= totals.energy_j[c] for c in totals.energy_j
-            ):
-                return LedgerLoad(newer, LedgerOrigin.RECORD_AHEAD, where, last=last)
+            # Records are appended before the state is saved, so a newer record is the truth:
+            # killed between the two (one behind), or saves refused while appends went on (many).
+            # Taking the state file then would reissue the records' seq numbers and lose their energy.
+            if newer.seq > totals.seq:
+                if last is None or (saved_last is not None and (saved_last.end_epoch or 0.0) > (last.end_epoch or 0.0)):
+                    last = saved_last  # the gap runs from the later of the two measured moments
+                return LedgerLoad(newer, LedgerOrigin.RECORD_AHEAD, where, last=last,
+                                  behind=newer.seq - totals.seq)
             # The last measured moment is the later of the state file's and the newest record's: an older
             # state file has no "last", one left behind by failing saves an old one; records left over
             # from before the state file was reset are older than its "last", and lose.
@@ -168,35 +179,64 @@ class Ledger:
                 saved_last = last
         return LedgerLoad(totals, LedgerOrigin.STATE, str(self.path), last=saved_last)
 
-    def _latest_record(self, *, all_files: bool) -> tuple[Totals, str, LastRecord | None] | None:
-        """Cumulative totals of the record with the highest seq (the newest live file only, or all)."""
+    def _set_aside(self, why: str) -> LedgerLoad:
+        """A damaged state file: keep it aside (never deleted), rebuild from the newest record."""
+        stamp = int(time.time())
+        kept = self.path.with_name(f"{STATE_FILE}.corrupt-{stamp}")
+        n = 1
+        while kept.exists() or kept.is_symlink():  # a second damage within the same second keeps both
+            kept = self.path.with_name(f"{STATE_FILE}.corrupt-{stamp}.{n}")
+            n += 1
+        os.replace(self.path, kept)  # the state dir is ours alone (DirectoryLock): no race here
+        damage = f"state file {self.path} is damaged ({why}); kept as {kept.name}"
+        found = self._latest_record()
+        if found is None:
+            return LedgerLoad(Totals(), LedgerOrigin.ZERO_AFTER_DAMAGE, "", damage)
+        rebuilt, where, last = found
+        return LedgerLoad(rebuilt, LedgerOrigin.REBUILT, where, damage, last)
+
+    def _latest_record(self) -> tuple[Totals, str, LastRecord | None] | None:
+        """Cumulative totals of the record with the highest seq, from the tail of every plain file.
+
+        Each file is appended in seq order, so its last whole record is its newest; every file
+        is looked at because a clock stepped back can put newer records under an older date, and
+        a copy logrotate just renamed holds the newest record until the next one is written.
+        Compressed copies are read whole, and only when no plain file has a record.
+        """
         if self.records_dir is None:
             return None
         try:
-            if all_files:
-                files = ndjson_files.list_files(self.records_dir)
-            else:
-                newest = ndjson_files.newest_live_file(self.records_dir)
-                files = [newest] if newest is not None else []
+            files = ndjson_files.list_files(self.records_dir)
         except OSError:
             return None
+        plain = [p for p in files if not p.name.endswith(".gz")]
+        best = self._best_of(plain, tail=True)
+        if best is None:
+            best = self._best_of([p for p in files if p.name.endswith(".gz")], tail=False)
+        return best
+
+    @staticmethod
+    def _best_of(files: list[Path], *, tail: bool) -> tuple[Totals, str, LastRecord | None] | None:
         best: tuple[Totals, str, LastRecord | None] | None = None
         for path in files:
             try:
-                lines = ndjson_files.read_lines(path)
-            except (OSError, EOFError):
+                lines = ndjson_files.tail_lines(path) if tail else ndjson_files.read_lines(path)
+            except (OSError, EOFError, ValueError):  # ValueError: zlib/gzip data that is not gzip
                 continue
-            for raw in lines:
+            for raw in reversed(lines) if tail else lines:
                 try:
                     rec = json.loads(raw)
                     t = rec["totals"]
                     totals = Totals.from_dict({"seq": rec["seq"], "energy_j": t["energy_j"],
                                                "emissions_g": t["emissions_g"],
-                                               "unmeasured_s": t.get("unmeasured_s", 0.0)})
-                except (ValueError, KeyError, TypeError, AttributeError):
+                                               "unmeasured_s": t.get("unmeasured_s", 0.0),
+                                               "measured_s": t.get("measured_s", 0.0)})
+                except (ValueError, KeyError, TypeError, AttributeError, OverflowError):
                     continue
                 if best is None or totals.seq >= best[0].seq:
                     best = totals, path.name, LastRecord.from_record(rec)
+                if tail:
+                    break  # the file's last whole record is its newest
         return best
 
     def save(self, totals: Totals, record: EmissionsRecord | None = None) -> bool:

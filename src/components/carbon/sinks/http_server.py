@@ -10,6 +10,7 @@ loop or grow memory.
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 import ssl
 import threading
@@ -18,10 +19,14 @@ from dataclasses import dataclass
 
 from src.components.carbon.sinks.web_config import BasicAuth, WebConfig
 
+_log = logging.getLogger("tta.http")
+
 MAX_CONNECTIONS = 256
 MAX_HEADER_BYTES = 8192
-HEADER_TIMEOUT_S = 5.0
+HEADER_TIMEOUT_S = 5.0  # also the TLS handshake's deadline
 IDLE_TIMEOUT_S = 30.0
+WRITE_TIMEOUT_S = 10.0  # a client that stops reading gives its slot back after this
+ACCEPT_ERROR_LOG_EVERY_S = 60.0  # asyncio logs each failed accept (EMFILE): at most one line a minute
 
 _REASONS = {
     200: "OK", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found", 405: "Method Not Allowed",
@@ -44,7 +49,7 @@ class HttpSettings:
 class Routes:
     metrics: Callable[[], bytes]
     metrics_content_type: str
-    health: Callable[[], tuple[bool, bytes]]
+    health: Callable[[bool], tuple[bool, bytes]]  # (authenticated) -> (healthy, body)
 
 
 class MetricsServer:
@@ -75,6 +80,8 @@ class MetricsServer:
         self._auth = auth
         self._max_connections = max_connections
         self._open = 0
+        self._last_loop_error = float("-inf")
+        self._loop_errors_muted = 0
         self._loop = asyncio.new_event_loop()
         self._server: asyncio.AbstractServer | None = None
         self._thread = threading.Thread(target=self._run, name="metrics-http", daemon=True)
@@ -86,12 +93,27 @@ class MetricsServer:
 
     def _run(self) -> None:
         asyncio.set_event_loop(self._loop)
+        self._loop.set_exception_handler(self._on_loop_error)
+        # TLS starts inside _handle, after the connection is counted: handshakes done by the
+        # server before _handle ran bypassed the cap (8,000 idle handshakes exhausted the fds).
         self._server = self._loop.run_until_complete(asyncio.start_server(
-            self._handle, sock=self._sock, limit=MAX_HEADER_BYTES, ssl=self._ssl,
-            ssl_handshake_timeout=HEADER_TIMEOUT_S if self._ssl else None,
+            self._handle, sock=self._sock, limit=MAX_HEADER_BYTES,
         ))
         self._ready.set()
         self._loop.run_forever()
+
+    def _on_loop_error(self, loop: asyncio.AbstractEventLoop, context: dict) -> None:
+        """One line a minute at most: asyncio reports every failed accept() (EMFILE when the fds
+        run out), with a traceback, and retries each second: 115 MB of log an hour was seen."""
+        now = loop.time()
+        if now - self._last_loop_error < ACCEPT_ERROR_LOG_EVERY_S:
+            self._loop_errors_muted += 1
+            return
+        exc = context.get("exception")
+        detail = f": {getattr(exc, 'strerror', None) or exc}" if exc is not None else ""
+        muted = f" ({self._loop_errors_muted} more in the last minute not logged)" if self._loop_errors_muted else ""
+        _log.warning("metrics server: %s%s%s", context.get("message", "error"), detail, muted)
+        self._last_loop_error, self._loop_errors_muted = now, 0
 
     def stop(self) -> None:
         if not self._thread.is_alive():
@@ -120,8 +142,10 @@ class MetricsServer:
             return
         self._open += 1
         try:
+            if self._ssl is not None:
+                await writer.start_tls(self._ssl, ssl_handshake_timeout=HEADER_TIMEOUT_S)
             await self._serve(reader, writer)
-        except (ConnectionError, asyncio.IncompleteReadError, asyncio.CancelledError, ssl.SSLError):
+        except (ConnectionError, asyncio.IncompleteReadError, asyncio.CancelledError, ssl.SSLError, TimeoutError):
             pass
         finally:
             self._open -= 1
@@ -173,20 +197,26 @@ class MetricsServer:
             return not close
         path = target.split(b"?", 1)[0]
         head_only = method == b"HEAD"
-        # /healthz stays open: it carries no secrets, and local runbooks probe it without credentials.
-        if self._auth is not None and path not in (b"/healthz", b"/-/healthy"):
+        health_path = path in (b"/healthz", b"/-/healthy")
+        authenticated = True
+        if self._auth is not None:
             header = headers.get(b"authorization")
-            allowed = self._auth.cached(header)
-            if allowed is None:  # bcrypt is slow by design: keep it off the event loop
-                allowed = await asyncio.to_thread(self._auth.check, header)
-            if not allowed:
+            # /healthz stays open for runbooks and load balancers, but without credentials its error
+            # texts are withheld (HealthSnapshot.public_dict): they quote upstream APIs and files.
+            if health_path and header is None:
+                authenticated = False
+            else:
+                authenticated = self._auth.cached(header)
+                if authenticated is None:  # bcrypt is slow by design: keep it off the event loop
+                    authenticated = await asyncio.to_thread(self._auth.check, header)
+            if not authenticated and not health_path:
                 await self._respond(writer, 401, b"unauthorized\n", close=close,
                                     extra=b'WWW-Authenticate: Basic realm="tta-carbon"\r\n')
                 return not close
         if path == b"/metrics":
             body, ctype, status = self._routes.metrics(), self._routes.metrics_content_type, 200
-        elif path in (b"/healthz", b"/-/healthy"):
-            ok, body = self._routes.health()
+        elif health_path:
+            ok, body = self._routes.health(authenticated)
             ctype, status = "application/json", 200 if ok else 503
         elif path == b"/":
             body, ctype, status = _INDEX, "text/html; charset=utf-8", 200
@@ -211,4 +241,10 @@ class MetricsServer:
             f"Content-Length: {len(body)}\r\n{'Connection: close' if close else 'Connection: keep-alive'}\r\n"
         ).encode() + extra + b"\r\n"
         writer.write(header if head_only else header + body)
-        await writer.drain()
+        try:
+            # A client that pipelines requests and never reads would block here for good, holding
+            # its slot: 260 such clients held all 256 and /metrics was refused to everyone else.
+            await asyncio.wait_for(writer.drain(), WRITE_TIMEOUT_S)
+        except TimeoutError:
+            writer.transport.abort()
+            raise ConnectionAbortedError("client did not read its response") from None

@@ -8,12 +8,14 @@ from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
+from src.components.carbon.files import open_append
 from src.components.carbon.ndjson_files import file_name
 from src.components.carbon.record import EmissionsRecord
 
 FILE_MODE = 0o644
 # Records kept in memory while the disk refuses them (full, read-only, deleted dir).
-# At 15 s intervals this is 10 days of records in a few MB of RAM.
+# At 15 s intervals this is 10 days of records: about 230 MB of RAM at the cap when each record
+# carries its per-unit split (~4 KB), a few MB without attribution.
 MAX_PENDING = 57_600
 
 
@@ -35,6 +37,7 @@ class NdjsonSink:
         self._max_pending = max_pending
         self._fd: int | None = None
         self._fd_path: Path | None = None
+        self._expected_size = 0  # the open file's size after our last append
 
     @property
     def pending(self) -> int:
@@ -69,6 +72,11 @@ class NdjsonSink:
     def _append(self, path: Path, data: bytes) -> None:
         fd = self._open(path)
         start = os.fstat(fd).st_size
+        if start != self._expected_size:
+            # Someone else changed the file (truncated it in place, or appended): never glue a
+            # record onto a cut line.
+            self._repair_tail(fd)
+            start = os.fstat(fd).st_size
         try:
             written = os.write(fd, data)
             if written != len(data):
@@ -80,6 +88,7 @@ class NdjsonSink:
             except OSError:
                 pass
             raise
+        self._expected_size = start + written
 
     def _open(self, path: Path) -> int:
         if self._fd is not None and self._fd_path == path and self._still_linked(path):
@@ -88,9 +97,10 @@ class NdjsonSink:
         if not self.output_dir.is_dir():
             # Someone removed the directory: recreate it rather than lose records.
             self.output_dir.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, FILE_MODE)
+        fd = open_append(path, FILE_MODE, follow_symlinks=False)  # FIFOs, devices, symlinks refused
         try:
             self._repair_tail(fd)
+            self._expected_size = os.fstat(fd).st_size
         except OSError:
             os.close(fd)
             raise
@@ -124,7 +134,7 @@ class NdjsonSink:
     def _still_linked(self, path: Path) -> bool:
         # logrotate renames the file: keep writing to the old inode and records vanish into the archive.
         try:
-            on_disk = os.stat(path)
+            on_disk = os.lstat(path)  # a symlink put in the file's place is not our file
         except OSError:
             return False
         mine = os.fstat(self._fd)  # type: ignore[arg-type]
@@ -141,3 +151,4 @@ class NdjsonSink:
 
     def close(self) -> None:
         self._close()
+

@@ -20,7 +20,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
+from src.components.carbon.files import NotARegularFile, read_small_file
 
 _KNOWN_TLS_KEYS = {"cert_file", "key_file"}
 
@@ -52,9 +52,13 @@ def _shown(path: Path) -> str:
 
 def load_web_config(path: Path) -> WebConfig:
     """Parse and check the file; ValueError carries one line naming what is wrong."""
+    import yaml  # here, not at import: the daemon loads PyYAML only when a web config is set
+
     name = _shown(path)
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        data = yaml.safe_load(read_small_file(path).decode("utf-8")) or {}  # FIFOs, devices refused
+    except NotARegularFile as exc:
+        raise ValueError(f"{name} {exc.strerror}") from None
     except OSError as exc:
         raise ValueError(f"cannot read {name}: {exc.strerror}") from None
     except (yaml.YAMLError, UnicodeDecodeError) as exc:

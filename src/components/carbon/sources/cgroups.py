@@ -97,9 +97,25 @@ class UnitUsage:
     inode: int  # identifies this cgroup instance: a restarted unit gets a new directory
 
 
+def unit_name(raw: str) -> str:
+    """A cgroup directory name as text every sink can carry.
+
+    ``os.scandir`` decodes bytes that are not UTF-8 as lone surrogates (surrogateescape), which
+    no metric label, JSON line or terminal accepts: such a name once crashed the exposition at
+    the first interval its cgroup used CPU. Undecodable bytes become ``\\xNN`` instead.
+    """
+    if raw.isascii():
+        return raw
+    return raw.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 def list_units(h: Hierarchy, include: Sequence[str], exclude: Sequence[str]) -> dict[str, UnitUsage]:
     """Every matching unit cgroup under ``h`` with its cumulative CPU time.
 
+    The walk descends through slices only. systemd nests units in slices
+    (``system.slice/system-getty.slice/getty@tty1.service``); what lies below a unit
+    (a ``Delegate=yes`` service's or a container scope's own tree, perhaps with its own
+    ``system.slice/*.service``) is that unit's, and is never listed as host units.
     Units that disappear while being read are skipped (they are gone anyway).
     """
     out: dict[str, UnitUsage] = {}
@@ -125,8 +141,9 @@ def list_units(h: Hierarchy, include: Sequence[str], exclude: Sequence[str]) -> 
                 except (OSError, ValueError):
                     continue
                 # Unit names are unique per manager; the first wins if globs overlap oddly.
-                out.setdefault(entry.name, UnitUsage(entry.name, usage, inode))
-            elif depth + 1 < MAX_DEPTH:
+                name = unit_name(entry.name)
+                out.setdefault(name, UnitUsage(name, usage, inode))
+            elif depth + 1 < MAX_DEPTH and entry.name.endswith(".slice"):
                 stack.append((path, child_rel, depth + 1))
     return out
 

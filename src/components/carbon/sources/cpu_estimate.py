@@ -26,7 +26,7 @@ from pathlib import Path
 
 from src.components.carbon.record import ComponentEnergy, IntervalEnergy, SourceUnavailable
 from src.components.carbon.reference_data import codecarbon_data_file
-from src.components.carbon.sources.procstat import read_cpu_ticks
+from src.components.carbon.sources.procstat import CpuTickReader
 from src.components.carbon.sources import SourceDefaults
 
 DEFAULT_WATTS_PER_THREAD = 4.0  # codecarbon's fallback for CPUs missing from its table
@@ -150,6 +150,7 @@ class CpuLoadTdpSource(SourceDefaults):
         sample_interval_s: float = DEFAULT_SAMPLE_INTERVAL_S,
     ) -> None:
         self._proc = proc_root
+        self._ticks = CpuTickReader(proc_root)
         self._tdp_setting = cpu_tdp_watts
         self._ram_setting = ram_watts
         self.components = components
@@ -188,10 +189,12 @@ class CpuLoadTdpSource(SourceDefaults):
     def close(self) -> IntervalEnergy:
         with self._lock:
             if self._last is None:
+                self._ticks.close()
                 return IntervalEnergy({})
             self._fold()
             energy = self._drain()
             self._last = None
+            self._ticks.close()
             return energy
 
     def _cpu_assumption(self) -> Assumption:
@@ -227,7 +230,7 @@ class CpuLoadTdpSource(SourceDefaults):
     def _read_stat(self) -> tuple[int, int]:
         """(busy, total) jiffies across all CPUs."""
         try:
-            ticks = read_cpu_ticks(self._proc)
+            ticks = self._ticks.read()
         except OSError as exc:
             raise SourceUnavailable(f"cannot read {self._proc / 'stat'}: {exc.strerror}") from None
         except ValueError:
