@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import socket
 import shutil
 import subprocess
 from pathlib import Path
@@ -16,6 +17,7 @@ REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
 PROM_DIR = DEPLOY / "prometheus"
 PROM_CONFIG = PROM_DIR / "prometheus.yml"
+HOST_PLACEHOLDER = "@CARBON_HOST_NAME@"  # the local target's host label in PROM_CONFIG
 RULES_DIR = PROM_DIR / "rules"
 ALERT_RULES = RULES_DIR / "tta-carbon-alerts.yml"
 RECORDING_RULES = RULES_DIR / "tta-carbon-recording.yml"
@@ -215,12 +217,16 @@ def deploy_prom_config(
     file_sd: Path | None = None,
     rule_files: list[Path] | None = None,
     interval: str = "1s",
+    host: str | None = None,
 ) -> dict:
     """deploy/prometheus/prometheus.yml adapted for a test: intervals set to
     `interval`, no Alertmanager, rule files by absolute path, the job's
     static target(s) and file_sd file replaced. Job name, metrics_path and
-    target labels stay as deployed."""
-    cfg = yaml.safe_load(PROM_CONFIG.read_text())
+    target labels stay as deployed; the local target's host placeholder is set
+    as docs/deployment.md's install does (``host``, default this machine's hostname,
+    which is also the daemon's default host_name)."""
+    host = socket.gethostname() if host is None else host
+    cfg = yaml.safe_load(PROM_CONFIG.read_text().replace(HOST_PLACEHOLDER, host))
     cfg["global"]["scrape_interval"] = interval
     cfg["global"]["evaluation_interval"] = interval
     cfg.pop("alerting", None)
@@ -249,5 +255,15 @@ def rules_with_for(src: Path, dst: Path, overrides: dict[str, str]) -> Path:
                 rule["for"] = overrides[rule["alert"]]
                 seen.add(rule["alert"])
     assert seen == set(overrides), f"alerts not found: {set(overrides) - seen}"
+    dst.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return dst
+
+
+def rules_with_interval(src: Path, dst: Path, interval: str) -> Path:
+    """Copy a rule file, changing only every group's `interval:` (tests run the
+    shipped rules faster than their 30 s / 4 m)."""
+    doc = yaml.safe_load(src.read_text())
+    for group in doc["groups"]:
+        group["interval"] = interval
     dst.write_text(yaml.safe_dump(doc, sort_keys=False))
     return dst

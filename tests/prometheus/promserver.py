@@ -65,59 +65,51 @@ def wait_for(fn: Callable[[], Any], timeout: float, interval: float = 0.25, what
         time.sleep(interval)
 
 
-class PromServer:
-    def __init__(
-        self,
-        workdir: Path,
-        scrape_configs: list[dict] | None = None,
-        rule_files: list[Path | str] | None = None,
-        *,
-        config: dict | None = None,
-        scrape_interval: str = "1s",
-        evaluation_interval: str = "1s",
-        port: int | None = None,
-        extra_args: list[str] | None = None,
-    ) -> None:
-        """Either pass scrape_configs/rule_files (a global block with the
-        given intervals is added) or a complete `config` dict."""
+def stop_process_group(proc: subprocess.Popen | None) -> None:
+    """SIGTERM a server started in its own process group; SIGKILL it if it is not gone in 10 s."""
+    if proc is None or proc.poll() is not None:
+        return
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        pass
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait(timeout=10)
+
+
+class ManagedProcess:
+    """A server binary on 127.0.0.1:<free port>, its output in <workdir>/<name>.log, its process
+    group stopped at exit. Subclasses name it and give argv() and the readiness path."""
+
+    name = "server"
+    ready_path = "/health"
+
+    def __init__(self, workdir: Path, port: int | None = None) -> None:
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
-        if config is None:
-            config = {
-                "global": {"scrape_interval": scrape_interval, "evaluation_interval": evaluation_interval},
-                "scrape_configs": scrape_configs or [],
-            }
-            if rule_files:
-                config["rule_files"] = [str(p) for p in rule_files]
-        self.config = config
-        self.config_path = self.workdir / "prometheus.yml"
-        self.data_dir = self.workdir / "data"
-        self.log_path = self.workdir / "prometheus.log"
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.extra_args = extra_args or []
+        self.log_path = self.workdir / f"{self.name}.log"
         self.proc: subprocess.Popen | None = None
         self._log = None
 
-    # ------------------------------------------------------------ lifecycle
-    def start(self, ready_timeout: float = 20.0) -> "PromServer":
-        self.config_path.write_text(yaml.safe_dump(self.config, sort_keys=False))
+    def argv(self) -> list[str]:
+        raise NotImplementedError
+
+    def start(self, ready_timeout: float = 20.0):
         self._log = open(self.log_path, "wb")
-        cmd = [
-            PROMETHEUS,
-            f"--config.file={self.config_path}",
-            f"--storage.tsdb.path={self.data_dir}",
-            f"--web.listen-address=127.0.0.1:{self.port}",
-            "--storage.tsdb.retention.time=1h",
-            "--log.level=info",
-            *self.extra_args,
-        ]
         self.proc = subprocess.Popen(
-            cmd, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            self.argv(), stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             start_new_session=True, cwd=self.workdir,
         )
         try:
-            wait_for(self._ready, ready_timeout, 0.1, "prometheus /-/ready")
+            wait_for(self._ready, ready_timeout, 0.1, f"{self.name} {self.ready_path}")
         except BaseException:
             self.stop()
             raise
@@ -125,33 +117,24 @@ class PromServer:
 
     def _ready(self) -> bool:
         if self.proc is not None and self.proc.poll() is not None:
-            raise RuntimeError(f"prometheus exited with {self.proc.returncode}:\n{self.log()}")
+            raise RuntimeError(f"{self.name} exited with {self.proc.returncode}:\n{self.log()}")
         try:
-            with urllib.request.urlopen(self.url + "/-/ready", timeout=2) as r:
+            with urllib.request.urlopen(self.url + self.ready_path, timeout=2) as r:
                 return r.status == 200
         except (urllib.error.URLError, ConnectionError, TimeoutError):
             return False
 
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
     def stop(self) -> None:
         proc, self.proc = self.proc, None
-        if proc is not None and proc.poll() is None:
-            try:
-                os.killpg(proc.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                try:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-                proc.wait(timeout=10)
+        stop_process_group(proc)
         if self._log is not None:
             self._log.close()
             self._log = None
 
-    def __enter__(self) -> "PromServer":
+    def __enter__(self):
         return self.start()
 
     def __exit__(self, *exc) -> None:
@@ -163,7 +146,30 @@ class PromServer:
         except OSError:
             return ""
 
-    # ------------------------------------------------------------ HTTP API
+    def get_json(self, path: str, params: dict | None = None) -> Any:
+        url = self.url + path
+        if params:
+            url += "?" + urllib.parse.urlencode(params, doseq=True)
+        try:
+            with urllib.request.urlopen(url, timeout=10) as r:
+                return json.load(r)
+        except urllib.error.HTTPError as exc:
+            body = exc.read().decode(errors="replace")
+            raise PromError(f"{self.name} {path} {params}: HTTP {exc.code}: {body[:2000]}") from exc
+
+    def wait_for(self, fn: Callable[[], Any], timeout: float = 20, interval: float = 0.25, what: str = "") -> Any:
+        def guarded():
+            if not self.running():
+                raise RuntimeError(f"{self.name} is not running:\n{self.log()}")
+            return fn()
+        return wait_for(guarded, timeout, interval, what)
+
+
+class PromQueryApi:
+    """Prometheus's querying API (/api/v1/...), which VictoriaMetrics serves too."""
+
+    url: str
+
     def api(self, path: str, params: dict | None = None) -> Any:
         """GET /api/v1/<path>; return `data`; raise PromError on status=error."""
         url = f"{self.url}/api/v1/{path}"
@@ -200,10 +206,6 @@ class PromServer:
             raise PromError(f"{expr!r}: expected 1 sample, got {len(res)}: {res}")
         return float(res[0]["value"][1])
 
-    def query_range(self, expr: str, start: float, end: float, step: float | str = 1) -> list[dict]:
-        data = self.api("query_range", {"query": expr, "start": f"{start:.3f}", "end": f"{end:.3f}", "step": str(step)})
-        return data["result"]
-
     def series(self, match: str, start: float | None = None, end: float | None = None) -> list[dict]:
         params: dict = {"match[]": match}
         if start is not None:
@@ -211,6 +213,57 @@ class PromServer:
         if end is not None:
             params["end"] = f"{end:.3f}"
         return self.api("series", params)
+
+
+class PromServer(ManagedProcess, PromQueryApi):
+    name = "prometheus"
+    ready_path = "/-/ready"
+
+    def __init__(
+        self,
+        workdir: Path,
+        scrape_configs: list[dict] | None = None,
+        rule_files: list[Path | str] | None = None,
+        *,
+        config: dict | None = None,
+        scrape_interval: str = "1s",
+        evaluation_interval: str = "1s",
+        port: int | None = None,
+        extra_args: list[str] | None = None,
+    ) -> None:
+        """Either pass scrape_configs/rule_files (a global block with the
+        given intervals is added) or a complete `config` dict."""
+        super().__init__(workdir, port)
+        if config is None:
+            config = {
+                "global": {"scrape_interval": scrape_interval, "evaluation_interval": evaluation_interval},
+                "scrape_configs": scrape_configs or [],
+            }
+            if rule_files:
+                config["rule_files"] = [str(p) for p in rule_files]
+        self.config = config
+        self.config_path = self.workdir / "prometheus.yml"
+        self.data_dir = self.workdir / "data"
+        self.extra_args = extra_args or []
+
+    def start(self, ready_timeout: float = 20.0) -> "PromServer":
+        self.config_path.write_text(yaml.safe_dump(self.config, sort_keys=False))
+        return super().start(ready_timeout)
+
+    def argv(self) -> list[str]:
+        return [
+            PROMETHEUS,
+            f"--config.file={self.config_path}",
+            f"--storage.tsdb.path={self.data_dir}",
+            f"--web.listen-address=127.0.0.1:{self.port}",
+            "--storage.tsdb.retention.time=1h",
+            "--log.level=info",
+            *self.extra_args,
+        ]
+
+    def query_range(self, expr: str, start: float, end: float, step: float | str = 1) -> list[dict]:
+        data = self.api("query_range", {"query": expr, "start": f"{start:.3f}", "end": f"{end:.3f}", "step": str(step)})
+        return data["result"]
 
     def alerts(self) -> list[dict]:
         """Active (pending + firing) alerts: /api/v1/alerts."""
@@ -226,10 +279,3 @@ class PromServer:
 
     def targets(self, state: str = "active") -> list[dict]:
         return self.api("targets", {"state": state})[f"{state}Targets"]
-
-    def wait_for(self, fn: Callable[[], Any], timeout: float = 20, interval: float = 0.25, what: str = "") -> Any:
-        def guarded():
-            if self.proc is None or self.proc.poll() is not None:
-                raise RuntimeError(f"prometheus is not running:\n{self.log()}")
-            return fn()
-        return wait_for(guarded, timeout, interval, what)

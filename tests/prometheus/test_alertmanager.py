@@ -41,3 +41,14 @@ def test_each_alert_routes_by_severity(amtool, rule):
 def test_other_alerts_go_to_default(amtool):
     assert route(amtool, "alertname=NodeDown", "severity=critical") == "default"
     assert route(amtool, "alertname=Whatever", "component=carbon", "severity=debug") == "carbon-warning"
+
+
+def test_grouping_and_inhibition_key_on_host():
+    """Under topology B every instance is 127.0.0.1:9880: keying on instance
+    merged hosts and let one host down mute the others
+    (tests/prometheus/test_alerts_topology_b.py runs it for real)."""
+    cfg = yaml.safe_load(ALERTMANAGER.read_text())
+    assert cfg["route"]["group_by"] == ["alertname", "env", "host"]
+    (rule,) = cfg["inhibit_rules"]
+    assert rule["equal"] == ["env", "host"]
+    assert "instance" not in yaml.safe_dump(cfg["route"]) + yaml.safe_dump(cfg["inhibit_rules"])

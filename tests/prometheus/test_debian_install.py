@@ -13,6 +13,7 @@ import os
 import re
 import shlex
 import shutil
+import socket
 import subprocess
 from pathlib import Path
 
@@ -111,7 +112,10 @@ def run_block(tmp_path: Path) -> Path:
 def test_block_runs_and_its_checks_pass(tmp_path: Path) -> None:
     etc = run_block(tmp_path)
     prom = etc / "prometheus"
-    assert (prom / "prometheus.yml").read_bytes() == PROM_CONFIG.read_bytes()
+    # The shipped file, with the local target's host label set to this host's name (host_name's default).
+    assert (prom / "prometheus.yml").read_text() == PROM_CONFIG.read_text().replace(
+        "@CARBON_HOST_NAME@", socket.gethostname())
+    assert "@CARBON_HOST_NAME@" in PROM_CONFIG.read_text()
     assert (prom / "alertmanager.yml").read_bytes() == ALERTMANAGER.read_bytes()
     for rule in RULE_FILES:
         assert (prom / "rules" / rule.name).read_bytes() == rule.read_bytes()

@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 import re
 import signal
+import socket
 import subprocess
 import time
 import urllib.request
@@ -28,8 +29,8 @@ from pathlib import Path
 import pytest
 
 from tests.prometheus.promlib import (
-    JOB, alert_rules, need, need_prometheus, contract_metrics, dashboard_targets, dashboard_variable_queries, deploy_prom_config,
-    recording_rules, substitute,
+    ALERT_RULES, JOB, RECORDING_RULES, alert_rules, contract_metrics, deploy_prom_config, need, need_prometheus,
+    recording_rules, rules_with_interval,
 )
 from tests.prometheus.promserver import PromServer
 from tests.prometheus.daemons import DrainedDaemon
@@ -38,8 +39,8 @@ pytestmark = pytest.mark.slow
 
 INTERVAL = 1.0
 # Per-host series budget (docs/fleet.md section 4): the daemon's own series,
-# the 5 Prometheus adds per target, instance-level recording rules, ALERTS.
-SERIES_BUDGET = 40
+# the 5 Prometheus adds per target, host-level recording rules (12), ALERTS.
+SERIES_BUDGET = 50
 
 
 @dataclass
@@ -62,7 +63,10 @@ def stack(tmp_path_factory):
     prom = None
     try:
         daemon.start(timeout=30)  # returns on sd_notify READY=1
-        cfg = deploy_prom_config(static_targets=[f"127.0.0.1:{daemon.port}"], interval="1s")
+        # The shipped groups' own intervals (30 s, 4 m) would outlast the test: 1 s, as the scrapes.
+        rules = [rules_with_interval(RECORDING_RULES, tmp / "tta-carbon-recording.yml", "1s"),
+                 rules_with_interval(ALERT_RULES, tmp / "tta-carbon-alerts.yml", "1s")]
+        cfg = deploy_prom_config(static_targets=[f"127.0.0.1:{daemon.port}"], rule_files=rules, interval="1s")
         prom = PromServer(tmp / "prom", config=cfg).start()
         started = time.time()
         # enough scrapes for rate()/increase() over short windows
@@ -78,7 +82,7 @@ def stack(tmp_path_factory):
 def test_target_is_scraped_with_deployed_job_and_labels(stack):
     (target,) = stack.prom.targets()
     assert target["health"] == "up", target
-    assert target["labels"] == {"job": JOB, "instance": stack.instance, "env": "staging"}
+    assert target["labels"] == {"job": JOB, "instance": stack.instance, "env": "staging", "host": socket.gethostname()}
     assert target["scrapeUrl"] == f"http://{stack.instance}/metrics"
     assert stack.prom.query_value(f'up{{job="{JOB}"}}') == 1
 
@@ -95,11 +99,12 @@ def test_every_contract_metric_arrives_within_the_series_budget(stack, results):
     results.add(f"exported but not in docs/architecture.md: {extra or 'none'}")
     scraped_total = prom.query_value(f"count({scraped})")
     per_metric = {n: sum(1 for s in res if s["metric"]["__name__"] == n) for n in names}
-    # everything this host costs: scraped series, instance-level recording
-    # rules and ALERTS series all carry its instance label
-    prom.wait_for(lambda: prom.query(f'instance:tta_carbon_emissions_grams:increase1d{{instance="{stack.instance}"}}'),
-                  timeout=10, what="instance-level recording rules")
-    everything = prom.query(f'{{instance="{stack.instance}"}}')
+    # everything this host costs: scraped series, host-level recording
+    # rules and ALERTS series all carry its host label
+    host = socket.gethostname()
+    prom.wait_for(lambda: prom.query(f'host:tta_carbon_emissions_grams_total:sum{{host="{host}"}}'),
+                  timeout=10, what="host-level recording rules")
+    everything = prom.query(f'{{host="{host}"}}')
     results.add(f"series per host: {int(scraped_total)} scraped "
                 f"({sum(c for n, c in per_metric.items() if n.startswith('tta_carbon_'))} from the daemon), "
                 f"{len(everything)} with recording rules and ALERTS (budget {SERIES_BUDGET})")
@@ -131,28 +136,7 @@ def _fmt(series: list[dict]) -> str:
     return "; ".join(parts)
 
 
-def test_every_dashboard_query_returns_data(stack, results):
-    prom = stack.prom
-    now = time.time()
-    empty = []
-    for title, target in dashboard_targets():
-        expr = substitute(target["expr"], rate_interval="10s", range_="1m")
-        if target.get("instant"):
-            res = prom.query(expr, at=now)
-            finite = [s for s in res if math.isfinite(float(s["value"][1]))]
-        else:
-            res = prom.query_range(expr, now - 20, now, 1)
-            finite = [s for s in res if any(math.isfinite(float(v)) for _, v in s["values"])]
-        results.add(f"[{title}] {target['refId']}: {expr}\n    -> {_fmt(res) if res else 'NO DATA'}")
-        if not finite:
-            empty.append(f"{title} [{target['refId']}]: {expr}")
-    for name, selector in dashboard_variable_queries().items():
-        res = prom.query(substitute(selector))
-        values = sorted({s["metric"].get(name) for s in res})
-        results.add(f"[variable {name}] label_values({selector}, {name}) -> {values}")
-        if not any(values):
-            empty.append(f"variable {name}")
-    assert not empty, "dashboard queries without data:\n" + "\n".join(empty)
+# Every dashboard query is checked in test_dashboard.py (site and federating server, with host labels).
 
 
 # Alert expressions on a healthy daemon: (expect data now?, probe). The probe
@@ -171,6 +155,7 @@ ALERT_EXPECTATIONS = {
     "CarbonComponentDown": (False, _probe(r"== 0", "== 1")),
     "CarbonMeasurementsStale": (False, _probe(r"> 3 \*", "<= 3 *")),
     "CarbonOutputWriteErrors": (False, _probe(r"\)\s*>\s*0\s*$", ") >= 0")),
+    "CarbonUnmeasuredTime": (False, _probe(r"> 0\.05", ">= 0")),  # a new host: no gap yet
     "CarbonEstimatedEnergy": (None, _probe(r"== 1", ">= 0")),  # None: follows the gauge
 }
 
@@ -205,7 +190,9 @@ def test_every_rule_evaluates(stack, results):
         assert bool(res) == expect, f"{rule['alert']}: expected {'data' if expect else 'no data'}, got {res}"
         probed = prom.query(probe(rule["expr"]))
         assert probed, f"{rule['alert']}: probe returned no data: {probe(rule['expr'])}"
-        assert all(s["metric"].get("instance") == stack.instance and s["metric"].get("env") == "staging" for s in probed)
+        # Alerts key on the host (topology B: every instance is 127.0.0.1:9880).
+        assert all(s["metric"].get("host") == socket.gethostname() and s["metric"].get("env") == "staging"
+                   for s in probed), probed
         results.add(f"[alert {rule['alert']}] expr -> {_fmt(res) if res else 'no data'}; probe -> {_fmt(probed)}")
     # Nothing fires on a healthy daemon (for: durations are minutes anyway).
     assert not [a for a in prom.alerts() if a["state"] == "firing"]

@@ -37,7 +37,7 @@ from tests.fixtures.fake_rapl import FakeRapl
 from tests.prometheus.daemons import DrainedDaemon
 from tests.prometheus.promlib import (
     ALERT_RULES, EXAMPLE_TARGETS, JOB, RECORDING_RULES, alert_rules, deploy_prom_config, need_prometheus,
-    rules_with_for,
+    rules_with_for, rules_with_interval,
 )
 from tests.prometheus.promserver import PromServer
 
@@ -107,7 +107,10 @@ def fleet(tmp_path_factory):
             sd_file.write_text(json.dumps(file_sd_groups(daemons), indent=2))
             alerts = rules_with_for(ALERT_RULES, tmp / "tta-carbon-alerts.yml",
                                     {"CarbonComponentDown": SHORT_FOR, "CarbonMeasurementsStale": SHORT_FOR})
-            cfg = deploy_prom_config(static_targets=None, file_sd=sd_file, rule_files=[RECORDING_RULES, alerts])
+            # The shipped groups' own intervals (30 s, 4 m) would outlast the test: 1 s, as the scrapes.
+            recording = rules_with_interval(RECORDING_RULES, tmp / "tta-carbon-recording.yml", "1s")
+            alerts = rules_with_interval(alerts, alerts, "1s")
+            cfg = deploy_prom_config(static_targets=None, file_sd=sd_file, rule_files=[recording, alerts])
             prom = PromServer(tmp / "prom", config=cfg).start()
             started = time.time()
             prom.wait_for(lambda: len(prom.query(f'count_over_time(up{{job="{JOB}"}}[1m]) >= 5')) == len(FLEET),
@@ -144,20 +147,20 @@ def _recorded(prom: PromServer, name: str, window: str) -> dict[tuple, dict[floa
 def test_fleet_rules_equal_sum_of_daemons(fleet, results):
     prom = fleet.prom
     # several evaluations with all three daemons in them
-    prom.wait_for(lambda: len(prom.query("count_over_time(instance:tta_carbon_emissions_grams_total:sum[1m]) >= 5")) == len(FLEET),
-                  timeout=20, what="5 evaluations of the instance rule")
+    prom.wait_for(lambda: len(prom.query("count_over_time(host:tta_carbon_emissions_grams_total:sum[1m]) >= 5")) == len(FLEET),
+                  timeout=20, what="5 evaluations of the host rule")
     window = "30s"
     checks = [
-        ("instance:tta_carbon_emissions_grams_total:sum", "env:tta_carbon_emissions_grams_total:sum"),
-        ("instance:tta_carbon_power_watts:sum", "env:tta_carbon_power_watts:sum"),
+        ("host:tta_carbon_emissions_grams_total:sum", "env:tta_carbon_emissions_grams_total:sum"),
+        ("host:tta_carbon_power_watts:sum", "env:tta_carbon_power_watts:sum"),
     ]
     for inst_rule, env_rule in checks:
         inst = _recorded(prom, inst_rule, window)
         env = _recorded(prom, env_rule, window)
         assert {dict(k)["env"] for k in env} == {"staging", "production"}
         assert len(inst) == len(FLEET)
-        host_env = {dict(k)["instance"]: dict(k)["env"] for k in inst}
-        assert host_env == {d.instance: FLEET[n][0] for n, d in fleet.daemons.items()}
+        host_env = {dict(k)["host"]: dict(k)["env"] for k in inst}
+        assert host_env == {FLEET[n][1]: FLEET[n][0] for n in fleet.daemons}
         compared = mismatched = 0
         for key, series in env.items():
             e = dict(key)["env"]
@@ -186,7 +189,7 @@ def test_measurements_stale_fires_for_the_stalled_daemon_only(fleet, results):
     fired = prom.wait_for(lambda: prom.firing("CarbonMeasurementsStale"), timeout=20, what="CarbonMeasurementsStale")
     (alert,) = fired
     assert alert["labels"] == expected
-    assert alert["annotations"]["summary"] == f"Carbon measurements are stale on {stalled.instance}"
+    assert alert["annotations"]["summary"] == f"Carbon measurements are stale on {FLEET[STALLED][1]}"
     # the daemon still answers scrapes, so this is not CarbonComponentDown
     assert prom.query_value(f'up{{instance="{stalled.instance}"}}') == 1
     assert not prom.firing("CarbonComponentDown")
@@ -219,8 +222,8 @@ def test_component_down_fires_for_the_killed_instance_only(fleet, results):
     assert alert["labels"] == expected
     rule = next(r for r in alert_rules() if r["alert"] == "CarbonComponentDown")
     assert alert["annotations"] == {
-        "summary": f"Carbon component is down on {victim.instance}",
-        "description": rule["annotations"]["description"]
+        "summary": f"Carbon component is down on {FLEET['b'][1]}",
+        "description": rule["annotations"]["description"].replace("{{ $labels.host }}", FLEET["b"][1])
         .replace("{{ $labels.instance }}", victim.instance).replace("{{ $labels.env }}", "staging"),
     }
     assert seen_pending, "alert went straight to firing: `for:` not applied"
@@ -240,7 +243,7 @@ def test_component_down_fires_for_the_killed_instance_only(fleet, results):
 
 
 def test_per_daemon_rule_values_equal_each_daemons_ndjson_totals(fleet, results):
-    """Each instance:tta_carbon_emissions_grams_total:sum sample is the
+    """Each host:tta_carbon_emissions_grams_total:sum sample is the
     cumulative total one of that daemon's NDJSON records carries (the daemon's
     own bookkeeping), and the last one is within one interval of the NDJSON
     sum. Stops the daemons: keep this test last in the module."""
@@ -250,12 +253,12 @@ def test_per_daemon_rule_values_equal_each_daemons_ndjson_totals(fleet, results)
     assert rcs["a"] == 0 and rcs["c"] == 0, rcs
     prom.wait_for(lambda: not prom.query(f'up{{job="{JOB}"}} == 1'), timeout=10, what="all targets down")
     window = f"{int(time.time() - fleet.started) + 30}s"
-    inst = _recorded(prom, "instance:tta_carbon_emissions_grams_total:sum", window)
+    inst = _recorded(prom, "host:tta_carbon_emissions_grams_total:sum", window)
     for name, d in fleet.daemons.items():
         records = d.records()
         assert [r["seq"] for r in records] == list(range(1, len(records) + 1))
         totals = [r["totals"]["emissions_g"]["total"] for r in records]
-        (series,) = [v for k, v in inst.items() if dict(k)["instance"] == d.instance]
+        (series,) = [v for k, v in inst.items() if dict(k)["host"] == FLEET[name][1]]
         index_at = {}
         for ts, value in series.items():
             hits = [i for i, t in enumerate(totals) if math.isclose(t, value, rel_tol=1e-12, abs_tol=1e-15)]

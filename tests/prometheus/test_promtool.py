@@ -117,7 +117,7 @@ def test_rule_unit_tests(promtool, path):
 def test_every_alert_has_firing_and_quiet_unit_tests():
     alerts = {r["alert"]: r for r in alert_rules()}
     assert set(alerts) == {"HighCarbonEmissions", "CarbonComponentDown", "CarbonMeasurementsStale",
-                           "CarbonOutputWriteErrors", "CarbonEstimatedEnergy"}
+                           "CarbonOutputWriteErrors", "CarbonEstimatedEnergy", "CarbonUnmeasuredTime"}
     doc = yaml.safe_load((PROM_DIR / "tests" / "tta-carbon-alerts.test.yml").read_text())
     cases = [c for t in doc["tests"] for c in t.get("alert_rule_test", [])]
     for name, rule in alerts.items():
@@ -154,16 +154,31 @@ def test_alert_metadata():
     assert sev["CarbonComponentDown"] == ("critical", "2m")
     assert sev["HighCarbonEmissions"] == ("warning", "5m")
     assert sev["CarbonEstimatedEnergy"][0] == "info"
+    assert sev["CarbonUnmeasuredTime"] == ("warning", "15m")
 
 
-LEVEL_LABELS = {"instance": {"env", "host", "instance"}, "env": {"env"}, "env_component": {"env", "component"}}
+def test_alerts_key_on_host():
+    """Summaries name the host; aggregations keep (env, host); joins include
+    host. (Under topology B every instance is 127.0.0.1:9880.)"""
+    for rule in alert_rules():
+        assert "{{ $labels.host }}" in rule["annotations"]["summary"], rule["alert"]
+        assert "$labels.instance" not in rule["annotations"]["summary"], rule["alert"]
+        assert rule["annotations"]["description"].startswith("{{ $labels.host }}") or \
+            "on {{ $labels.host }}" in rule["annotations"]["description"], rule["alert"]
+        for by in re.findall(r"\b(?:by|on)\s*\(([^)]*)\)", rule["expr"]):
+            assert "host" in by, (rule["alert"], by)
+
+
+LEVEL_LABELS = {"host": {"env", "host"}, "env": {"env"}, "env_component": {"env", "component"}}
 
 
 def test_recording_rule_naming():
     """level:metric:operations, where `level` names the labels kept by the
-    aggregation and `metric` is a contract metric (minus _total after
-    rate/increase)."""
+    aggregation (never `instance`: under topology B every host's instance is
+    127.0.0.1:9880) and `metric` is a contract metric (minus _total after
+    rate/increase), read from the raw series or from a host-level rule."""
     contract = contract_metrics()
+    recorded = {r["record"] for r in recording_rules()}
     for rule in recording_rules():
         name, expr = rule["record"], rule["expr"]
         m = re.fullmatch(r"([a-z_]+):([a-z_]+):([a-z0-9_]+)", name)
@@ -172,21 +187,68 @@ def test_recording_rule_naming():
         by = re.search(r"\bby\s*\(([^)]*)\)", expr)
         assert by, name
         assert {s.strip() for s in by.group(1).split(",")} == LEVEL_LABELS[level], name
+        assert "instance" not in expr, name
         (source,) = metric_names(expr)
-        assert source in contract, name
+        if source in recorded:
+            src_level, base, src_ops = source.split(":")
+            assert src_level == "host", name  # env figures are sums of host figures
+        else:
+            assert source in contract, name
+            base, src_ops = source, None
         if re.search(r"\b(rate|increase)\(", expr):
-            assert source == metric + "_total" and re.fullmatch(r"(rate|increase)\d+[smhd]", ops), name
+            assert base == metric + "_total" and re.fullmatch(r"(rate|increase)\d+[smhd]", ops), name
             window = re.search(r"\[(\d+[smhd])\]", expr).group(1)
             assert ops.endswith(window), name
+            if ops == "increase1d":  # the daily rules read the 4m copies, not 30 s data
+                assert src_ops in ("sum_lowres", "increase1d"), name
         else:
-            assert source == metric and ops == "sum", name
+            assert base == metric, name
+            if src_ops is None:
+                assert ops in ("sum", "sum_lowres"), name
+            else:  # a sum of host-level values keeps their operation
+                assert ops == src_ops, name
+
+
+def test_rule_groups_and_intervals():
+    doc = yaml.safe_load(RECORDING_RULES.read_text())
+    groups = {g["name"]: g for g in doc["groups"]}
+    assert set(groups) == {"tta-carbon-fleet", "tta-carbon-fleet-daily"}
+    assert groups["tta-carbon-fleet"]["interval"] == "30s"
+    # under Prometheus's 5m lookback, so an instant query always finds the daily series
+    assert groups["tta-carbon-fleet-daily"]["interval"] == "4m"
+    fast = {r["record"] for r in groups["tta-carbon-fleet"]["rules"]}
+    daily = {r["record"] for r in groups["tta-carbon-fleet-daily"]["rules"]}
+    # the contract's names (issue 16), no instance: level left
+    assert fast == {
+        "host:tta_carbon_emissions_grams_total:sum", "host:tta_carbon_energy_joules_total:sum",
+        "host:tta_carbon_measured_seconds_total:sum", "host:tta_carbon_power_watts:sum",
+        "host:tta_carbon_emissions_grams:rate5m", "env:tta_carbon_emissions_grams:rate5m",
+        "env:tta_carbon_power_watts:sum", "env_component:tta_carbon_power_watts:sum",
+        "env:tta_carbon_emissions_grams_total:sum", "env_component:tta_carbon_emissions_grams_total:sum",
+        "env:tta_carbon_energy_joules_total:sum"}
+    assert {"host:tta_carbon_emissions_grams:increase1d", "env:tta_carbon_emissions_grams:increase1d",
+            "env:tta_carbon_energy_joules:increase1d", "host:tta_carbon_measured_seconds:increase1d"} <= daily
+    assert all("[1d]" not in r["expr"] for r in groups["tta-carbon-fleet"]["rules"])
+    # no daily rule reads 30 s data over a day
+    for r in groups["tta-carbon-fleet-daily"]["rules"]:
+        if "[1d]" in r["expr"]:
+            assert ":sum_lowres[1d]" in r["expr"], r["record"]
 
 
 def test_rules_use_only_contract_metrics():
-    allowed = set(contract_metrics()) | {"up"}
+    allowed = set(contract_metrics()) | {"up"} | {r["record"] for r in recording_rules()}
     for rule in alert_rules() + recording_rules():
         used = metric_names(rule["expr"])
         assert used and used <= allowed, (rule.get("alert") or rule.get("record"), used - allowed)
+
+
+# CarbonUnmeasuredTime's min(unmeasured, 86400 - measured), as the alert file writes it.
+UNMEASURED_MIN = """            (
+                last_over_time(host:tta_carbon_unmeasured_seconds:increase1d[10m])
+              < 86400 - last_over_time(host:tta_carbon_measured_seconds:increase1d[10m])
+            )
+            or clamp_min(86400 - last_over_time(host:tta_carbon_measured_seconds:increase1d[10m]), 0)
+              and last_over_time(host:tta_carbon_unmeasured_seconds:increase1d[10m])"""
 
 
 # Each mutation changes one property the alert tests pin down; every one must
@@ -199,14 +261,16 @@ MUTATIONS = [
     (") > 1000", ") > 1100", 1),
     ("[1h])  # WINDOW", "[2h])  # WINDOW", 1),     # window
     ("[1h])  # WINDOW", "[30m])  # WINDOW", 1),
-    ("sum by (env, host, instance) (", "sum by (env, instance) (", 1),  # labels
-    ("sum by (env, host, instance) (", "max by (env, host, instance) (", 1),  # components summed
+    ("sum by (env, host) (", "sum by (env) (", 1),  # labels
+    ("sum by (env, host) (", "max by (env, host) (", 1),  # components summed
     ("up{job=\"tta-staging-carbon\"} == 0\n        for: 2m", "up == 0\n        for: 2m", 1),  # job filter
     ("== 0\n        for: 2m", "== 0\n        for: 1m", 1),   # CarbonComponentDown `for`
     ("== 0\n        for: 2m", "== 0\n        for: 3m", 1),
     ("> 3 * tta", "> 2 * tta", 1),                   # staleness factor
     ("> 3 * tta", "> 4 * tta", 1),
-    ("and on (job, instance) up{job=\"tta-staging-carbon\"} == 1\n", "\n", 1),  # up guard
+    ("and on (job, env, host, instance) up{job=\"tta-staging-carbon\"} == 1\n", "\n", 1),  # up guard
+    # topology B: the guard joined on (job, instance) only, so another host's up kept a down host's alert
+    ("and on (job, env, host, instance)", "and on (job, instance)", 1),
     # Staleness counted from max(last measurement, start): the old rule (age from the last
     # measurement only, 0 after a restart) fires after a restart; age from the start only, or
     # no start fallback (a daemon that never measures after it started), must fail too.
@@ -224,7 +288,17 @@ MUTATIONS = [
     ("for: 10m", "for: 9m", 1),                      # CarbonEstimatedEnergy `for`
     ("severity: info", "severity: warning", 1),
     ("severity: critical", "severity: warning", 1),
-    ("component: carbon", "component: carbon-daemon", 5),
+    ("component: carbon", "component: carbon-daemon", 6),
+    # CarbonUnmeasuredTime: threshold, `for:`, the cap at the unmeasured part of the day, and the
+    # naive share (1 - measured / day), which alarms for a host younger than a day
+    (") / 86400 > 0.05  # THRESHOLD", ") / 86400 > 0.04  # THRESHOLD", 1),
+    (") / 86400 > 0.05  # THRESHOLD", ") / 86400 > 0.08  # THRESHOLD", 1),
+    ("for: 15m", "for: 10m", 1),
+    ("for: 15m", "for: 20m", 1),
+    (UNMEASURED_MIN,
+     "            last_over_time(host:tta_carbon_unmeasured_seconds:increase1d[10m])", 1),
+    (UNMEASURED_MIN,
+     "            86400 - last_over_time(host:tta_carbon_measured_seconds:increase1d[10m])", 1),
 ]
 
 
@@ -244,19 +318,32 @@ def test_alert_unit_tests_catch_mutation(promtool, tmp_path, old, new, count):
     assert r.returncode == 1 and "FAILED" in r.stdout + r.stderr, f"mutation {old!r} -> {new!r} survived"
 
 
+RECORDING_MUTATIONS = [
+    ("sum by (env, host) (tta_carbon_emissions_grams_total)\n", "sum by (env) (tta_carbon_emissions_grams_total)\n"),
+    ("[5m]", "[1m]"),
+    ("[1d]", "[12h]"),
+    ("sum by (env, component) (tta_carbon_power_watts)", "max by (env, component) (tta_carbon_power_watts)"),
+    # the issue-16 collapse: env totals as a plain sum of what is scraped now
+    ("sum by (env) (last_over_time(host:tta_carbon_emissions_grams_total:sum[1h]))",
+     "sum by (env) (host:tta_carbon_emissions_grams_total:sum)"),
+    ("sum by (env) (last_over_time(host:tta_carbon_energy_joules_total:sum[1h]))",
+     "sum by (env) (host:tta_carbon_energy_joules_total:sum)"),
+    ("sum by (env, component) (last_over_time(tta_carbon_emissions_grams_total[1h]))",
+     "sum by (env, component) (tta_carbon_emissions_grams_total)"),
+    ("last_over_time(host:tta_carbon_emissions_grams_total:sum[1h])", "last_over_time(host:tta_carbon_emissions_grams_total:sum[2m])"),
+    ("increase(host:tta_carbon_unmeasured_seconds_total:sum_lowres[1d])", "increase(host:tta_carbon_unmeasured_seconds_total:sum_lowres[12h])"),
+]
+
+
 def test_recording_unit_tests_catch_mutation(promtool, tmp_path):
     src = RECORDING_RULES.read_text()
-    for i, (old, new) in enumerate([
-        ("sum by (env) (tta_carbon_emissions_grams_total)", "sum by (env, host) (tta_carbon_emissions_grams_total)"),
-        ("[5m]", "[1m]"),
-        ("[1d]", "[12h]"),
-        ("sum by (env, component) (tta_carbon_power_watts)", "max by (env, component) (tta_carbon_power_watts)"),
-    ]):
+    for i, (old, new) in enumerate(RECORDING_MUTATIONS):
         d = tmp_path / str(i)
         (d / "rules").mkdir(parents=True)
         (d / "tests").mkdir()
         assert old in src
         (d / "rules" / RECORDING_RULES.name).write_text(src.replace(old, new))
+        shutil.copy(ALERT_RULES, d / "rules" / ALERT_RULES.name)  # the daily test loads both files
         for name in ("tta-carbon-recording.test.yml", "tta-carbon-recording-daily.test.yml"):
             shutil.copy(PROM_DIR / "tests" / name, d / "tests" / name)
         r = run([promtool, "test", "rules", *sorted(str(p) for p in (d / "tests").iterdir())])

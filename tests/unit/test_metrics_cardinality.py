@@ -85,10 +85,10 @@ class Host:
 
 
 def page_maximum(top_n: int, gpus: int) -> int:
-    """docs/fleet.md section 4: 26 fixed samples, 2 x (2 x top_n + 2) unit samples, 2 per GPU.
+    """docs/fleet.md section 4: 27 fixed samples, 2 x (2 x top_n + 2) unit samples, 2 per GPU.
 
-    (26 since tta_carbon_unmeasured_seconds_total, issue 13; fleet.md's table still says 25.)"""
-    return 26 + 2 * (2 * top_n + 2) + 2 * gpus
+    (26 since tta_carbon_unmeasured_seconds_total, issue 13; 27 with tta_carbon_measured_seconds_total, issue 16.)"""
+    return 27 + 2 * (2 * top_n + 2) + 2 * gpus
 
 
 @pytest.mark.parametrize("gpus", [0, GPUS], ids=["no-gpu", f"{GPUS}-gpus"])

@@ -70,6 +70,7 @@ class Accountant:
             split = {**attribution.METHOD, "cgroup": cpu_time.cgroup}
         totals = self.totals
         totals.seq += 1
+        totals.measured_s += max(0.0, elapsed_s)
         for c in COMPONENTS:
             totals.energy_j[c] += energy_j[c]
             totals.emissions_g[c] += emissions_g[c]

@@ -17,6 +17,12 @@ JOULES_PER_KWH = 3_600_000.0
 MEASURED_METHODS = frozenset({"rapl", "nvml", "codecarbon_rapl", "codecarbon_nvml"})
 
 
+# No host reaches this many joules, grams or seconds (the Sun emits ~1e26 J a second); a
+# stored total near float's limit (1e308) would overflow to inf at the next interval and make
+# every start fail. Above it a state file or record counts as damaged.
+MAX_TOTAL = 1e200
+
+
 @dataclass(frozen=True, slots=True)
 class ComponentEnergy:
     joules: float
@@ -76,13 +82,16 @@ class Totals:
     # Wall-clock seconds no record covers: from each run's last record to the next run's first
     # interval (killed, powered off, or just restarting). Only grows; see docs/records.md.
     unmeasured_s: float = 0.0
+    # Seconds the records cover (the sum of their duration_s): with unmeasured_s, how much of a
+    # day a host was measured, even while it is down and no gap is known yet.
+    measured_s: float = 0.0
 
     def copy(self) -> Totals:
-        return Totals(self.seq, dict(self.energy_j), dict(self.emissions_g), self.unmeasured_s)
+        return Totals(self.seq, dict(self.energy_j), dict(self.emissions_g), self.unmeasured_s, self.measured_s)
 
     def to_dict(self) -> dict[str, Any]:
         return {"seq": self.seq, "energy_j": dict(self.energy_j), "emissions_g": dict(self.emissions_g),
-                "unmeasured_s": self.unmeasured_s}
+                "unmeasured_s": self.unmeasured_s, "measured_s": self.measured_s}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Totals:
@@ -94,14 +103,15 @@ class Totals:
             values = data[name]
             for comp in COMPONENTS:
                 value = float(values.get(comp, 0.0))
-                if not value >= 0.0 or value == float("inf"):
-                    raise ValueError(f"{name}.{comp} must be a finite non-negative number, got {value!r}")
+                if not 0.0 <= value <= MAX_TOTAL:
+                    raise ValueError(f"{name}.{comp} must be a number from 0 to {MAX_TOTAL:g}, got {value!r}")
                 target[comp] = value
-        # Absent from state files and records written before it existed: nothing counted yet.
-        unmeasured = float(data.get("unmeasured_s", 0.0))
-        if not unmeasured >= 0.0 or unmeasured == float("inf"):
-            raise ValueError(f"unmeasured_s must be a finite non-negative number, got {unmeasured!r}")
-        totals.unmeasured_s = unmeasured
+        # Absent from state files and records written before they existed: nothing counted yet.
+        for name in ("unmeasured_s", "measured_s"):
+            seconds = float(data.get(name, 0.0))
+            if not 0.0 <= seconds <= MAX_TOTAL:
+                raise ValueError(f"{name} must be a number from 0 to {MAX_TOTAL:g}, got {seconds!r}")
+            setattr(totals, name, seconds)
         return totals
 
 
@@ -173,6 +183,7 @@ class EmissionsRecord:
                     },
                     "records": self.totals.seq,
                     "unmeasured_s": self.totals.unmeasured_s,
+                    "measured_s": self.totals.measured_s,
                 },
                 "final": self.final,
             }

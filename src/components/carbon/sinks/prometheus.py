@@ -186,6 +186,11 @@ class _SnapshotCollector(Collector):
             "since the ledger began.",
             value=self.totals.unmeasured_s,
         )
+        yield CounterMetricFamily(
+            "tta_carbon_measured_seconds",
+            "Seconds the records cover (the sum of their duration_s), since the ledger began.",
+            value=self.totals.measured_s,
+        )
         yield CounterMetricFamily("tta_carbon_measurements", "Successful measurements.", value=h.measurements)
         yield CounterMetricFamily(
             "tta_carbon_measurement_errors", "Intervals that could not be measured.", value=h.measurement_errors
@@ -222,10 +227,11 @@ class _SnapshotCollector(Collector):
         method = format_methods(h.energy_method)
         info = GaugeMetricFamily(
             "tta_carbon_build_info", "Version and how figures are obtained; value is always 1.",
-            labels=["version", "energy_source", "energy_method", "intensity_source", "project", "env", "degraded"],
+            labels=["version", "energy_source", "energy_method", "intensity_source", "project", "env", "host",
+                    "degraded"],
         )
         info.add_metric([h.version, h.energy_source or "none", method, h.intensity_source or "none", h.project, h.env,
-                         "true" if h.energy_source_degraded else "false"], 1)
+                         h.host, "true" if h.energy_source_degraded else "false"], 1)
         yield info
 
 
