@@ -11,6 +11,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 try:
+    from src.orchestration import TTAConfig  # noqa: E402, F401  (the CLI loads it lazily: fail here, on one line)
     from src.service.cli import main  # noqa: E402
 except (ImportError, SyntaxError) as exc:  # run directly: not the project's Python 3.12 venv
     missing = getattr(exc, "name", None) or type(exc).__name__
