@@ -709,7 +709,7 @@ COLUMNS = ["metric", "default", "lean", "peer", "default/peer", "lean/peer", "ta
 # Targets (the ratio ones compare with the peer measured in the same run).
 DEFAULT_RATIO = 1.0  # default: steady CPU and RSS at most the peer's (it runs the peer's tracker)
 LEAN_CPU_RATIO = 0.5  # lean: steady CPU
-LEAN_RSS_RATIO = 0.6  # lean: steady RSS
+LEAN_RSS_RATIO = 0.5  # lean: steady RSS (issue 12: <= 0.5x of the peer)
 LEAN_STARTUP_CPU_RATIO = 1 / 3  # lean: CPU from exec to the first interval
 READY_S = 1.0  # both: exec -> READY=1
 GROWTH_MB = 5.0  # both: RSS growth per 30 simulated days

@@ -581,10 +581,13 @@ FIDELITY_HEAD = """
 This machine has no RAPL, so the default is codecarbon's tracker (its CPU-load model and its
 RAM model), and the lean estimate (`energy_source: cpu_load_tdp`) is our own model of the
 same. `compare_with_codecarbon()` (tests/integration/test_codecarbon_fidelity.py) runs the
-default daemon, the lean daemon (1 s intervals) and codecarbon's own `OfflineEmissionsTracker`
-as users run it (its defaults: 1 Hz monitor, 15 s measurements;
-`tests/support/codecarbon_reference.py`) side by side through one window, and compares average
-power over the window (our records wholly inside it) with codecarbon's energy over its duration.
+default daemon (at its production 15 s interval), the lean daemon (1 s intervals) and
+codecarbon's own `OfflineEmissionsTracker` as users run it (its defaults: 1 Hz monitor, 15 s
+measurements; `tests/support/codecarbon_reference.py`) side by side through one window of eight
+default intervals, opened on one of the default's record boundaries, and compares average power
+over the window (our records inside it) with codecarbon's energy over the same seconds.
+(At a 1 s interval the default's own flushes would double the load sampling, which reads
+codecarbon's convex CPU model 1-3 % higher: docs/energy-sources.md.)
 Loads (`tests/support/bursty_load.py`):
 
 - steady: one core busy from {edge:g} s before the window opens until after it closes (`--steady`);

@@ -82,9 +82,16 @@ def test_metrics_agree_with_records(target):
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline and not t.records():
         time.sleep(0.2)
-    m = t.metrics()
-    seq = int(m[("tta_carbon_last_record_sequence", ())])
-    rec = next(r for r in reversed(t.records()) if r["seq"] == seq)
+    # A record reaches the file a moment before the page is rendered from it (the ledger's fsync
+    # is between): poll until the page names a record that is on disk.
+    while True:
+        m = t.metrics()
+        seq = int(m[("tta_carbon_last_record_sequence", ())])
+        rec = next((r for r in reversed(t.records()) if r["seq"] == seq), None)
+        if rec is not None or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert rec is not None, f"the page's last_record_sequence {seq} is in no record"
     for c in ("cpu", "ram", "gpu"):
         assert m[("tta_carbon_energy_joules_total", (("component", c),))] == rec["totals"]["energy_j"][c]
         assert m[("tta_carbon_emissions_grams_total", (("component", c),))] == rec["totals"]["emissions_g"][c]

@@ -39,9 +39,16 @@ def test_degraded_then_sighup_after_the_install_is_fixed_runs_codecarbon(daemon_
     assert d.stop() == 0
     records = d.records()
     assert [r["seq"] for r in records] == list(range(1, len(records) + 1))
-    # No gap and no overlap at the handover: RAM is the same 20 W-class constant on both sides.
-    ram_w = [r["power_w"]["ram"] for r in records[1:-1]]
-    assert max(ram_w) == pytest.approx(min(ram_w), rel=0.02), ram_w
+    # No gap and no overlap at the handover: RAM is the same 20 W-class constant on both sides, so
+    # the RAM energy of the records between the first and the final is that power times their
+    # duration (a second counted twice or missed would be ~1/len of it). Per record, codecarbon's
+    # figure jitters a few % at 1 s intervals, as it times its own measurements (seen in CI under
+    # load: 20.38 then 19.72 W, summing to 20.05); the sum does not.
+    inner = records[1:-1]
+    ram_w = [r["power_w"]["ram"] for r in inner]
+    average = sum(r["energy_j"]["ram"] for r in inner) / sum(r["duration_s"] for r in inner)
+    assert average == pytest.approx(ram_w[0], rel=0.01), (average, ram_w)
+    assert max(ram_w) == pytest.approx(min(ram_w), rel=0.06), ram_w
     assert rec["energy_method"] == {"cpu": "codecarbon_cpu_load", "ram": "codecarbon_ram_model"}
 
 

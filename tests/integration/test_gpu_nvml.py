@@ -58,12 +58,19 @@ def test_daemon_measures_each_gpu_and_labels_metrics(daemon_factory, tmp_path):
     assert got0 == pytest.approx(programmed0, rel=0.005)
     assert abs(got0 - programmed0) < 0.002 * len(records)  # each read floors to 1 mJ
     assert programmed0 > 250.0 * 2.5  # the run covered the power step
-    # Power path: a full interval at constant power integrates to exactly that power.
+    # Power path: full intervals at constant power integrate to that power. The closing sample
+    # is taken just after the record's boundary, late by however long the scheduler holds the
+    # daemon (11 ms seen on a loaded 2-core CI machine: 1.2 % of a 1 s record). The energy moves
+    # to the next record, never lost, so the run of records together is held to 1 % and each
+    # one to 3 % (0.1 % at the production 15 s interval).
     full = [r for r in records[1:-1] if r["duration_s"] > 0.9]
     steady = [r for r in full if r["devices_j"]["gpu1"] > 0 and records.index(r) >= 2]
     assert steady, records
     for r in steady:
-        assert r["devices_j"]["gpu1"] / r["duration_s"] == pytest.approx(GPU1_W, rel=0.01), r
+        assert r["devices_j"]["gpu1"] / r["duration_s"] == pytest.approx(GPU1_W, rel=0.03), r
+    run = records[records.index(steady[0]):records.index(steady[-1]) + 1]
+    assert sum(r["devices_j"]["gpu1"] for r in run) / sum(r["duration_s"] for r in run) == pytest.approx(
+        GPU1_W, rel=0.01), run
 
     # /metrics: per-GPU labels; energy matches the records up to the page's sequence number.
     seq = int(metric(page, "tta_carbon_last_record_sequence "))

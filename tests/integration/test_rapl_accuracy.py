@@ -68,7 +68,8 @@ def test_default_without_dram_zone_measures_cpu_by_rapl_and_ram_by_codecarbon(da
         d.start()
         fake.start_live({"package-0": PKG_W})
         deadline = time.monotonic() + 30
-        while not any(r["energy_method"].get("ram") == "codecarbon_ram_model" for r in d.records()):
+        # Three of codecarbon's intervals: one alone would make the checks below compare it with itself.
+        while sum(r["energy_method"].get("ram") == "codecarbon_ram_model" for r in d.records()) < 3:
             assert time.monotonic() < deadline, d.stderr()
             time.sleep(0.2)
         with fake.paused():
@@ -81,8 +82,16 @@ def test_default_without_dram_zone_measures_cpu_by_rapl_and_ram_by_codecarbon(da
     assert {r["energy_method"]["ram"] for r in records} <= {"constant", "codecarbon_ram_model"}
     assert records[-1]["energy_method"]["ram"] == "codecarbon_ram_model"
     assert sum(r["energy_j"]["cpu"] for r in records) == pytest.approx(programmed_cpu, rel=0.005)
-    ram_w = [r["power_w"]["ram"] for r in records[1:-1]]
-    assert max(ram_w) == pytest.approx(min(ram_w), rel=0.01)  # one constant model throughout, no gap or overlap
+    # One constant model throughout, no gap or overlap: over the run, RAM energy is the model's watts times the
+    # records' summed duration. Per record, codecarbon's flush() measures a few ms after our boundary, and on a
+    # loaded machine that lag varies by ~20 ms, which moves about 1% between two 2 s records (energy is kept:
+    # what one record misses, the next has). The final record is a tail of a few ms.
+    ram_w = sorted(r["power_w"]["ram"] for r in records[1:-1])
+    model_w = ram_w[len(ram_w) // 2]
+    ram_j = sum(r["energy_j"]["ram"] for r in records[1:])
+    assert ram_j == pytest.approx(model_w * sum(r["duration_s"] for r in records[1:]), rel=0.01)
+    for w in ram_w:
+        assert w == pytest.approx(model_w, rel=0.03)
 
 
 def test_default_on_rapl_across_kill9_and_restart(daemon_factory, tmp_path):
