@@ -298,6 +298,8 @@ class CarbonComponent:
         health = build_health(
             self._info, self._source_status, self._stats, totals, self._sink_stats(), self._intensity,
             online.last_error if online is not None else "", *self._file_sizes,
+            meter=source.platform_meter if source is not None else None,
+            fit=self._accountant.fit.fit() if self._accountant is not None else None,
         )
         # One attribute, replaced whole: the HTTP thread never pairs one snapshot's verdict with another's body.
         self._published = (health, json.dumps(health.as_dict()).encode() + b"\n",

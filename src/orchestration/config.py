@@ -162,6 +162,32 @@ class TTAConfig(BaseSettings):
     powercap_root: Path = Field(Path("/sys/class/powercap"), description="where RAPL zones live")
     gpu: Literal["auto", "on", "off"] = Field(
         "auto", description="NVIDIA GPUs through NVML: `auto` (when NVML lists a GPU), `on`, `off`; see docs/gpu.md")
+    # The platform meter: whole-machine power (docs/platform-power.md).
+    platform_meter: Literal["auto", "off", "hwmon", "ipmi_dcmi", "redfish"] = Field(
+        "auto", description="whole-machine power meter: `auto` (a hwmon power meter such as ACPI's when present), "
+                            "`off`, `hwmon`, `ipmi_dcmi` (the BMC's DCMI power reading), `redfish`; see "
+                            "docs/platform-power.md")
+    hwmon_root: Path = Field(Path("/sys/class/hwmon"), description="where hwmon devices live")
+    hwmon_device: str = Field("", max_length=64, pattern=r"^[A-Za-z0-9_.-]*$",
+                              description="a hwmon device's `name` or `hwmonN` to read as the platform meter; "
+                                          "empty = the first power meter found")
+    platform_sample_s: float | None = Field(None, ge=0.1, le=300, allow_inf_nan=False,
+                                            description="seconds between platform meter readings; unset = 1 "
+                                                        "(hwmon) or 5 (IPMI, Redfish)")
+    platform_max_watts: float = Field(50_000.0, gt=0, le=1e6, allow_inf_nan=False,
+                                      description="readings above this are refused as absurd")
+    ipmi_host: str = Field("", max_length=253, pattern=r"^[A-Za-z0-9:._-]*$",
+                           description="the BMC for `ipmi_dcmi` over LAN+; empty = the local BMC, in-band")
+    ipmi_port: int = Field(623, ge=1, le=65535, description="the BMC's RMCP+ UDP port")
+    ipmi_user: str = Field("", max_length=16, description="IPMI user name (LAN+)")
+    ipmi_password: SecretStr | None = Field(None, description="secret: IPMI password (LAN+); never printed")
+    redfish_url: str = Field("", max_length=2048, pattern=r"^(https?://[^\s/?#@]+/?)?$",
+                             description="the BMC for `redfish`, as `https://host[:port]`")
+    redfish_user: str = Field("", max_length=256, description="Redfish user name")
+    redfish_password: SecretStr | None = Field(None, description="secret: Redfish password; never printed")
+    redfish_ca_file: Path | None = Field(None, description="CA certificate(s) for the BMC's TLS certificate; "
+                                                           "unset = the system's CAs")
+    redfish_verify_tls: bool = Field(True, description="`false` accepts any certificate (warned once in the log)")
     host_name: str | None = Field(
         None, min_length=1, max_length=253, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$",
         description="the host's name in records (`host`) and on `tta_carbon_build_info{host}`; unset = the "
@@ -305,13 +331,14 @@ class TTAConfig(BaseSettings):
         return value.strip().lower() if isinstance(value, str) else value
 
     @field_validator("region", "log_file", "intensity_g_per_kwh", "electricitymaps_token", "cpu_tdp_watts",
-                     "ram_watts", "electricitymaps_zone", "intensity_profile_file", mode="before")
+                     "ram_watts", "electricitymaps_zone", "intensity_profile_file", "platform_sample_s",
+                     "ipmi_password", "redfish_password", "redfish_ca_file", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: Any) -> Any:
         # An empty value in an env file means "not set", as systemd operators expect.
         return None if isinstance(value, str) and value.strip() == "" else value
 
-    @field_validator("electricitymaps_token")
+    @field_validator("electricitymaps_token", "ipmi_password", "redfish_password")
     @classmethod
     def _token_has_no_control_character(cls, value: SecretStr | None) -> SecretStr | None:
         # A YAML "|" block keeps its final newline and a CRLF-edited file leaves "\r": sent as an
@@ -323,7 +350,7 @@ class TTAConfig(BaseSettings):
             hint = " (a YAML '|' block or a CRLF line ending?)" if bad in "\r\n" else ""
             raise PydanticCustomError(
                 "token_control_character",
-                "the token {where} the control character {char}{hint}; set it on one line, without it",
+                "the secret {where} the control character {char}{hint}; set it on one line, without it",
                 {"where": where, "char": ascii(bad), "hint": hint},
             )
         return value
@@ -466,8 +493,9 @@ class TTAConfig(BaseSettings):
     def public_dict(self) -> dict[str, Any]:
         """Settings safe to print or log: secrets masked."""
         data = self.model_dump(mode="json")
-        if self.electricitymaps_token is not None:
-            data["electricitymaps_token"] = "**********"
+        for name, value in data.items():
+            if isinstance(getattr(self, name), SecretStr):
+                data[name] = "**********"
         return data
 
 

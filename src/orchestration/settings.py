@@ -11,7 +11,7 @@ from __future__ import annotations
 import socket
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from src.components.carbon.attribution import AttributionSettings
 from src.components.carbon.intensity import IntensitySettings, OnlineSettings, default_zone
@@ -60,12 +60,22 @@ def record_settings(config: Config) -> RecordSettings:
     return RecordSettings(host, config.project_name, config.env)
 
 
+def _secret(value: Any) -> Secret | None:
+    """The library's Secret from pydantic's SecretStr (a TTAConfig) or a Secret (ConfigValues)."""
+    return None if value is None else Secret(value.get_secret_value())
+
+
 def source_settings(config: Config) -> SourceSettings:
     return SourceSettings(
         energy_source=config.energy_source, powercap_root=config.powercap_root,
         country_iso_code=config.country_iso_code, project_name=config.project_name,
         codecarbon_dir=config.output_dir, cpu_tdp_watts=config.cpu_tdp_watts, ram_watts=config.ram_watts,
-        gpu=config.gpu,
+        gpu=config.gpu, platform_meter=config.platform_meter, hwmon_root=config.hwmon_root,
+        hwmon_device=config.hwmon_device, platform_sample_s=config.platform_sample_s,
+        platform_max_watts=config.platform_max_watts, ipmi_host=config.ipmi_host, ipmi_port=config.ipmi_port,
+        ipmi_user=config.ipmi_user, ipmi_password=_secret(config.ipmi_password), redfish_url=config.redfish_url,
+        redfish_user=config.redfish_user, redfish_password=_secret(config.redfish_password),
+        redfish_ca_file=config.redfish_ca_file, redfish_verify_tls=config.redfish_verify_tls,
     )
 
 

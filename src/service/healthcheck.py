@@ -169,6 +169,15 @@ def live_checks(config: TTAConfig, timeout_s: float, now: float | None = None) -
         # The guide's words: the daemon measures on, with our own readers, and says so.
         checks.append(Check("tracker", WARN, "codecarbon library: Not available in the daemon (graceful degradation): "
                                              f"{health['energy_source_degraded']}"))
+    if health.get("platform_meter"):
+        meter, device = health["platform_meter"], health.get("platform_meter_device", "")
+        if health.get("platform_meter_error"):
+            checks.append(Check("platform", WARN, f"Platform meter: {meter} ({device}) failing, components only "
+                                                  f"while it does: {health['platform_meter_error']}"))
+        else:
+            watts = health.get("platform_power_w")
+            shown = f", {watts:.1f} W" if isinstance(watts, (int, float)) else ""
+            checks.append(Check("platform", OK, f"Platform meter: {meter} ({device}){shown}"))
     today = config.output_dir / ndjson_files.file_name_at(now)
     try:
         mtime = today.stat().st_mtime

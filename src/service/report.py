@@ -21,7 +21,7 @@ from typing import Any
 
 from src.components.carbon.attribution import OTHER, UNATTRIBUTED
 from src.components.carbon.ndjson_files import is_records_file, iter_lines, list_files
-from src.components.carbon.record import COMPONENTS, JOULES_PER_KWH
+from src.components.carbon.record import ACCOUNTED, REMAINDER, JOULES_PER_KWH
 from src.service.exit_codes import EX_FAILURE, EX_OK
 
 SHOWN_INVALID = 5  # invalid lines named in the warning (all of them are counted)
@@ -31,21 +31,30 @@ FROM_RECORD, FROM_DIR = "record", "dir"
 @dataclass
 class Totals:
     records: int = 0
-    energy_j: dict[str, float] = field(default_factory=lambda: dict.fromkeys(COMPONENTS, 0.0))
-    emissions_g: dict[str, float] = field(default_factory=lambda: dict.fromkeys(COMPONENTS, 0.0))
+    energy_j: dict[str, float] = field(default_factory=lambda: dict.fromkeys(ACCOUNTED, 0.0))
+    emissions_g: dict[str, float] = field(default_factory=lambda: dict.fromkeys(ACCOUNTED, 0.0))
 
     def add(self, rec: ParsedRecord) -> None:
         self.records += 1
-        for c in COMPONENTS:
+        for c in ACCOUNTED:
             self.energy_j[c] += rec.energy_j[c]
             self.emissions_g[c] += rec.emissions_g[c]
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "records": self.records,
-            "energy_j": {**self.energy_j, "total": sum(self.energy_j.values())},
-            "emissions_g": {**self.emissions_g, "total": sum(self.emissions_g.values())},
+            "energy_j": {**_shown(self.energy_j), "total": sum(self.energy_j.values())},
+            "emissions_g": {**_shown(self.emissions_g), "total": sum(self.emissions_g.values())},
         }
+
+    @property
+    def parts(self) -> tuple[str, ...]:
+        """The accounted parts to print: the remainder only where a platform meter measured one."""
+        return tuple(c for c in ACCOUNTED if c != REMAINDER or self.energy_j[REMAINDER])
+
+
+def _shown(parts: dict[str, float]) -> dict[str, float]:
+    return parts if parts[REMAINDER] else {k: v for k, v in parts.items() if k != REMAINDER}
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,8 +108,8 @@ def parse_record(raw: bytes) -> ParsedRecord:
     return ParsedRecord(
         key=(str(rec["run_id"]), seq), day=end[:10], end=end, host=_host(rec.get("host")),
         duration_s=_number(rec.get("duration_s", 0.0)),
-        energy_j={c: _number(rec["energy_j"].get(c, 0.0)) for c in COMPONENTS},
-        emissions_g={c: _number(rec["emissions_g"].get(c, 0.0)) for c in COMPONENTS},
+        energy_j={c: _number(rec["energy_j"].get(c, 0.0)) for c in ACCOUNTED},
+        emissions_g={c: _number(rec["emissions_g"].get(c, 0.0)) for c in ACCOUNTED},
         units=units,
     )
 
@@ -171,7 +180,7 @@ class Grouped:
         for target, source in [(self.overall, other.overall),
                                *((self.by_day[d], t) for d, t in sorted(other.by_day.items()))]:
             target.records += source.records
-            for c in COMPONENTS:
+            for c in ACCOUNTED:
                 target.energy_j[c] += source.energy_j[c]
                 target.emissions_g[c] += source.emissions_g[c]
         for unit, a in other.by_unit.items():
@@ -433,13 +442,14 @@ def run_report(directory: Path | None = None, *, as_json: bool, by: str = "day",
         print_by_unit(report)
     elif by == "component":
         print(f"{'component':<10} {'energy kWh':>14} {'emissions g':>14}")
-        for c in COMPONENTS:
+        for c in report.overall.parts:
             print(f"{c:<10} {report.overall.energy_j[c] / JOULES_PER_KWH:>14.6f} {report.overall.emissions_g[c]:>14.3f}")
     else:
-        print(f"{'day':<10} {'records':>8} {'cpu kWh':>12} {'ram kWh':>12} {'gpu kWh':>12} {'emissions g':>14}")
+        parts = report.overall.parts
+        print(f"{'day':<10} {'records':>8} " + " ".join(f"{c + ' kWh':>12}" for c in parts) + f" {'emissions g':>14}")
         for day, t in sorted(report.by_day.items()):
             print(f"{printable(day):<10} {t.records:>8} "
-                  + " ".join(f"{t.energy_j[c] / JOULES_PER_KWH:>12.6f}" for c in COMPONENTS)
+                  + " ".join(f"{t.energy_j[c] / JOULES_PER_KWH:>12.6f}" for c in parts)
                   + f" {sum(t.emissions_g.values()):>14.3f}")
     o = report.overall
     print(f"{'total':<10} {o.records:>8} records, {sum(o.energy_j.values()) / JOULES_PER_KWH:.6f} kWh, "

@@ -564,7 +564,7 @@ def test_ledger_save_failure_is_counted_then_recovers(tmp_path):
     state_dir = tmp_path / "st"
     state_dir.write_text("a regular file where the directory should be")  # fails even for root
     ledger = Ledger(state_dir)
-    totals = Totals(seq=2, energy_j={"cpu": 1.0, "ram": 0.0, "gpu": 0.0})
+    totals = Totals(seq=2, energy_j={"cpu": 1.0, "ram": 0.0, "gpu": 0.0, "remainder": 0.0})
     assert ledger.save(totals) is False
     assert ledger.stats.errors == 1
     assert ledger.stats.last_error == f"state file {state_dir / STATE_FILE}: {os.strerror(errno.ENOTDIR)}"

@@ -6,10 +6,14 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from src.components.carbon import attribution
+from src.components.carbon.calibration import PlatformFit
 from src.components.carbon.record import (
+    ACCOUNTED,
     COMPONENTS,
     JOULES_PER_KWH,
     MEASURED_METHODS,
+    PLATFORM,
+    REMAINDER,
     CpuTimeDelta,
     EmissionsRecord,
     Intensity,
@@ -38,6 +42,7 @@ class Accountant:
     def __init__(self, totals: Totals, top_n: int = attribution.DEFAULT_TOP_N) -> None:
         self.totals = totals
         self.top_n = top_n
+        self.fit = PlatformFit()  # platform against RAPL, over this run
 
     def account(
         self,
@@ -57,23 +62,40 @@ class Accountant:
         """
         energy_j = {c: max(0.0, energy.components[c].joules) if c in energy.components else 0.0 for c in COMPONENTS}
         methods = {c: energy.components[c].method for c in COMPONENTS if c in energy.components}
+        platform = energy.components.get(PLATFORM)
+        platform_j = None if platform is None else max(0.0, platform.joules)
+        if platform_j is not None:
+            # The meter saw the whole machine: what it measured beyond the components is the
+            # remainder (never negative: components above the meter are kept, not cut).
+            energy_j[REMAINDER] = max(0.0, platform_j - sum(energy_j.values()))
+            methods[PLATFORM] = platform.method
         power_w = {c: (j / elapsed_s if elapsed_s > 0 else 0.0) for c, j in energy_j.items()}
         emissions_g = {c: j / JOULES_PER_KWH * intensity.grams_per_kwh for c, j in energy_j.items()}
+        if platform_j is not None and elapsed_s > 0:
+            rapl_w = sum(power_w[c] for c in ("cpu", "ram") if methods.get(c) == "rapl")
+            if rapl_w > 0:
+                self.fit.add(rapl_w, platform_j / elapsed_s)
         units: dict[str, dict[str, float]] = {}
         split: dict[str, str] = {}
         if cpu_time is not None:
+            # The remainder (PSU, fans, board) follows the CPU's split: docs/attribution.md.
+            shared = (REMAINDER,) if platform_j is not None else ()
             shares = attribution.attribute(
-                cpu_time, cpu_j=energy_j["cpu"], total_j=sum(energy_j.values()),
-                cpu_g=emissions_g["cpu"], total_g=sum(emissions_g.values()), top_n=self.top_n,
+                cpu_time, cpu_j=energy_j["cpu"] + sum(energy_j[c] for c in shared), total_j=sum(energy_j.values()),
+                cpu_g=emissions_g["cpu"] + sum(emissions_g[c] for c in shared), total_g=sum(emissions_g.values()),
+                top_n=self.top_n,
             )
             units = {k: v.as_dict() for k, v in shares.items()}
-            split = {**attribution.METHOD, "cgroup": cpu_time.cgroup}
+            split = {**attribution.METHOD, **dict.fromkeys(shared, attribution.METHOD["cpu"]),
+                     "cgroup": cpu_time.cgroup}
         totals = self.totals
         totals.seq += 1
         totals.measured_s += max(0.0, elapsed_s)
-        for c in COMPONENTS:
-            totals.energy_j[c] += energy_j[c]
-            totals.emissions_g[c] += emissions_g[c]
+        for c in ACCOUNTED:  # .get: totals made before the remainder existed lack it
+            totals.energy_j[c] = totals.energy_j.get(c, 0.0) + energy_j.get(c, 0.0)
+            totals.emissions_g[c] = totals.emissions_g.get(c, 0.0) + emissions_g.get(c, 0.0)
+        if platform_j is not None:
+            totals.platform_j += platform_j
         return EmissionsRecord(
             seq=totals.seq,
             run_id=identity.run_id,
@@ -95,4 +117,5 @@ class Accountant:
             energy_assumptions=dict(energy.assumptions),
             units=units,
             attribution=split,
+            platform_j=platform_j,
         )

@@ -10,8 +10,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from src.components.carbon.calibration import Fit
 from src.components.carbon.outcome import MeasurementStats, SinkStats
-from src.components.carbon.record import Intensity, Totals, format_methods
+from src.components.carbon.record import Intensity, MeterStatus, Totals, format_methods
 
 # A measurement older than this many intervals is stale: /healthz, the health check and
 # the CarbonMeasurementsStale alert (deploy/prometheus/rules) all use 3.
@@ -42,7 +43,7 @@ class SourceStatus:
 
 # HealthSnapshot's free-text fields; public_dict() withholds them.
 DETAIL_FIELDS = ("tracker_error", "energy_source_degraded", "intensity_error", "last_measurement_error",
-                 "last_write_error")
+                 "last_write_error", "platform_meter_error")
 WITHHELD = "withheld: send the /metrics credentials to see it"
 
 
@@ -80,6 +81,15 @@ class HealthSnapshot:
     seq: int = 0
     unmeasured_s: float = 0.0  # Totals.unmeasured_s: seconds between runs no record covers
     measured_s: float = 0.0  # Totals.measured_s: seconds the records cover
+    # The platform meter (docs/platform-power.md); platform_meter "" when the source reads none.
+    platform_meter: str = ""
+    platform_meter_device: str = ""
+    platform_meter_error: str = ""  # the current failure; "" while readings succeed
+    platform_meter_failures: int = 0
+    platform_power_w: float | None = None  # the meter's last good reading
+    platform_energy_j: float = 0.0  # Totals.platform_j
+    # The running fit of platform power against RAPL power: points, slope, offset_w, residual_w; {} until fitted.
+    platform_fit: dict[str, float] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -116,6 +126,8 @@ def build_health(
     intensity_error: str = "",
     output_bytes: int = 0,
     log_file_bytes: int = 0,
+    meter: MeterStatus | None = None,
+    fit: Fit | None = None,
 ) -> HealthSnapshot:
     last = stats.last_record
     return HealthSnapshot(
@@ -135,6 +147,11 @@ def build_health(
         last_power_w=sum(last.power_w.values()) if last else 0.0,
         total_emissions_g=sum(totals.emissions_g.values()), total_energy_j=sum(totals.energy_j.values()),
         seq=totals.seq, unmeasured_s=totals.unmeasured_s, measured_s=totals.measured_s, host=info.host,
+        platform_meter=meter.method if meter else "", platform_meter_device=meter.device if meter else "",
+        platform_meter_error=meter.error if meter else "", platform_meter_failures=meter.failures if meter else 0,
+        platform_power_w=meter.last_watts if meter else None, platform_energy_j=totals.platform_j,
+        platform_fit=({"points": fit.points, "slope": fit.slope, "offset_w": fit.offset_w,
+                       "residual_w": fit.residual_w} if fit else {}),
     )
 
 

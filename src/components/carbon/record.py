@@ -12,9 +12,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 COMPONENTS: tuple[str, ...] = ("cpu", "ram", "gpu")
+# A platform meter's whole-machine energy (docs/records.md#platform). It is not summed with
+# the components: what it measured beyond them is the remainder, which is.
+PLATFORM = "platform"
+REMAINDER = "remainder"
+# The parts that add up to a record's total.
+ACCOUNTED: tuple[str, ...] = (*COMPONENTS, REMAINDER)
 JOULES_PER_KWH = 3_600_000.0
 # Methods that read a hardware energy counter; everything else is an estimate.
-MEASURED_METHODS = frozenset({"rapl", "nvml", "codecarbon_rapl", "codecarbon_nvml"})
+MEASURED_METHODS = frozenset({"rapl", "nvml", "codecarbon_rapl", "codecarbon_nvml", "hwmon", "ipmi_dcmi", "redfish"})
 
 
 # No host reaches this many joules, grams or seconds (the Sun emits ~1e26 J a second); a
@@ -41,10 +47,21 @@ class DeviceInfo:
     """One device a source measures. ``key`` is its key in ``IntervalEnergy.devices``."""
 
     key: str  # "gpu0", "package-0", "package-0/dram"
-    kind: str  # "gpu", "package", "dram"
+    kind: str  # "gpu", "package", "dram", "platform"
     index: int  # NVML index for a GPU; package (or zone) number for RAPL
     name: str  # product name for a GPU; zone name for RAPL
-    component: str  # the record component its energy goes to: "cpu", "ram" or "gpu"
+    component: str  # the record component its energy goes to: "cpu", "ram", "gpu" or "platform"
+
+
+@dataclass(frozen=True, slots=True)
+class MeterStatus:
+    """A platform meter's state, for health and metrics (sources/platform.py)."""
+
+    method: str  # "hwmon", "ipmi_dcmi", "redfish"
+    device: str  # what it reads: hwmon device name, BMC host, Redfish URL (no credentials)
+    error: str  # the current failure; "" while readings succeed
+    failures: int  # readings refused since the source opened
+    last_watts: float | None  # the last good reading
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,8 +94,10 @@ class Totals:
     """Cumulative figures that survive restarts (persisted by the ledger)."""
 
     seq: int = 0
-    energy_j: dict[str, float] = field(default_factory=lambda: dict.fromkeys(COMPONENTS, 0.0))
-    emissions_g: dict[str, float] = field(default_factory=lambda: dict.fromkeys(COMPONENTS, 0.0))
+    energy_j: dict[str, float] = field(default_factory=lambda: dict.fromkeys(ACCOUNTED, 0.0))
+    emissions_g: dict[str, float] = field(default_factory=lambda: dict.fromkeys(ACCOUNTED, 0.0))
+    # Joules the platform meter measured (not part of the total: the remainder is).
+    platform_j: float = 0.0
     # Wall-clock seconds no record covers: from each run's last record to the next run's first
     # interval (killed, powered off, or just restarting). Only grows; see docs/records.md.
     unmeasured_s: float = 0.0
@@ -87,11 +106,12 @@ class Totals:
     measured_s: float = 0.0
 
     def copy(self) -> Totals:
-        return Totals(self.seq, dict(self.energy_j), dict(self.emissions_g), self.unmeasured_s, self.measured_s)
+        return Totals(self.seq, dict(self.energy_j), dict(self.emissions_g), self.platform_j, self.unmeasured_s,
+                      self.measured_s)
 
     def to_dict(self) -> dict[str, Any]:
         return {"seq": self.seq, "energy_j": dict(self.energy_j), "emissions_g": dict(self.emissions_g),
-                "unmeasured_s": self.unmeasured_s, "measured_s": self.measured_s}
+                "platform_j": self.platform_j, "unmeasured_s": self.unmeasured_s, "measured_s": self.measured_s}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Totals:
@@ -101,17 +121,17 @@ class Totals:
         totals = cls(seq=seq)
         for name, target in (("energy_j", totals.energy_j), ("emissions_g", totals.emissions_g)):
             values = data[name]
-            for comp in COMPONENTS:
+            for comp in ACCOUNTED:  # remainder: absent before platform meters
                 value = float(values.get(comp, 0.0))
                 if not 0.0 <= value <= MAX_TOTAL:
                     raise ValueError(f"{name}.{comp} must be a number from 0 to {MAX_TOTAL:g}, got {value!r}")
                 target[comp] = value
         # Absent from state files and records written before they existed: nothing counted yet.
-        for name in ("unmeasured_s", "measured_s"):
-            seconds = float(data.get(name, 0.0))
-            if not 0.0 <= seconds <= MAX_TOTAL:
-                raise ValueError(f"{name} must be a number from 0 to {MAX_TOTAL:g}, got {seconds!r}")
-            setattr(totals, name, seconds)
+        for name in ("platform_j", "unmeasured_s", "measured_s"):
+            amount = float(data.get(name, 0.0))
+            if not 0.0 <= amount <= MAX_TOTAL:
+                raise ValueError(f"{name} must be a number from 0 to {MAX_TOTAL:g}, got {amount!r}")
+            setattr(totals, name, amount)
         return totals
 
 
@@ -127,7 +147,7 @@ class EmissionsRecord:
     interval_start: str  # RFC 3339 UTC
     interval_end: str
     duration_s: float
-    energy_j: dict[str, float]
+    energy_j: dict[str, float]  # the accounted parts: COMPONENTS, plus REMAINDER when the platform was measured
     power_w: dict[str, float]
     emissions_g: dict[str, float]
     intensity: Intensity
@@ -141,6 +161,7 @@ class EmissionsRecord:
     # plus "other" and "unattributed"; empty when attribution is off or unavailable.
     units: dict[str, dict[str, float]] = field(default_factory=dict)
     attribution: dict[str, str] = field(default_factory=dict)  # method per component + cgroup version
+    platform_j: float | None = None  # the platform meter's joules; None when not measured this interval
 
     @property
     def emissions_total_g(self) -> float:
@@ -148,6 +169,14 @@ class EmissionsRecord:
 
     def to_json_dict(self) -> dict[str, Any]:
         energy_total = sum(self.energy_j.values())
+
+        def shown(parts: dict[str, float]) -> dict[str, float]:
+            # A host that never had a platform meter keeps the record shape it always had.
+            return parts if self.totals.platform_j else {k: v for k, v in parts.items() if k != REMAINDER}
+
+        platform: dict[str, float] = {} if self.platform_j is None else {PLATFORM: self.platform_j}
+        platform_w: dict[str, float] = {} if self.platform_j is None else {
+            PLATFORM: self.platform_j / self.duration_s if self.duration_s > 0 else 0.0}
         record: dict[str, Any] = {
             "timestamp": self.interval_end,
             "interval_start": self.interval_start,
@@ -162,12 +191,12 @@ class EmissionsRecord:
             {
                 "project": self.project,
                 "env": self.env,
-                "energy_j": {**self.energy_j, "total": energy_total},
+                "energy_j": {**self.energy_j, **platform, "total": energy_total},
                 "energy_kwh": {
                     **{k: v / JOULES_PER_KWH for k, v in self.energy_j.items()},
                     "total": energy_total / JOULES_PER_KWH,
                 },
-                "power_w": {**self.power_w, "total": sum(self.power_w.values())},
+                "power_w": {**self.power_w, **platform_w, "total": sum(self.power_w.values())},
                 "emissions_g": {**self.emissions_g, "total": self.emissions_total_g},
                 "emissions_kg": self.emissions_total_g / 1000.0,
                 "carbon_intensity_g_per_kwh": self.intensity.grams_per_kwh,
@@ -176,11 +205,12 @@ class EmissionsRecord:
                 "energy_method": dict(self.energy_method),
                 "estimated": self.estimated,
                 "totals": {
-                    "energy_j": {**self.totals.energy_j, "total": sum(self.totals.energy_j.values())},
+                    "energy_j": {**shown(self.totals.energy_j), "total": sum(self.totals.energy_j.values())},
                     "emissions_g": {
-                        **self.totals.emissions_g,
+                        **shown(self.totals.emissions_g),
                         "total": sum(self.totals.emissions_g.values()),
                     },
+                    **({"platform_j": self.totals.platform_j} if self.totals.platform_j else {}),
                     "records": self.totals.seq,
                     "unmeasured_s": self.totals.unmeasured_s,
                     "measured_s": self.totals.measured_s,

@@ -22,7 +22,7 @@ from prometheus_client.registry import Collector
 
 from src.components.carbon.attribution import DEFAULT_TOP_N, RESERVED
 from src.components.carbon.health import HealthSnapshot
-from src.components.carbon.record import COMPONENTS, DeviceInfo, EmissionsRecord, Totals, format_methods
+from src.components.carbon.record import ACCOUNTED, COMPONENTS, DeviceInfo, EmissionsRecord, Totals, format_methods
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 # TTAConfig's defaults: metrics_unit_grace 120 s at measurement_interval 15 s.
@@ -110,6 +110,7 @@ class _SnapshotCollector(Collector):
         self.gpu_names: dict[str, str] = {}
         self.gpu_power_w: dict[str, float] = {}
         self.gpu_energy_j: dict[str, float] = {}
+        self.platform_power_w: float | None = None  # the last interval's platform watts; None: not measured
 
     def collect(self) -> Iterator[Metric]:
         h = self.health
@@ -125,13 +126,17 @@ class _SnapshotCollector(Collector):
         power = GaugeMetricFamily(
             "tta_carbon_power_watts", "Average power over the last interval, by component.", labels=["component"]
         )
-        for c in COMPONENTS:
-            energy.add_metric([c], self.totals.energy_j[c])
-            emissions.add_metric([c], self.totals.emissions_g[c])
-            power.add_metric([c], self.power_w[c])
+        # The remainder (platform meter minus components) only on hosts with a platform meter.
+        metered = bool(h.platform_meter) or self.totals.platform_j > 0
+        for c in ACCOUNTED if metered else COMPONENTS:
+            energy.add_metric([c], self.totals.energy_j.get(c, 0.0))
+            emissions.add_metric([c], self.totals.emissions_g.get(c, 0.0))
+            power.add_metric([c], self.power_w.get(c, 0.0))
         yield energy
         yield emissions
         yield power
+        if metered:
+            yield from self._platform(h)
         if self.units.shown:
             unit_energy = CounterMetricFamily(
                 "tta_carbon_unit_energy_joules",
@@ -235,6 +240,41 @@ class _SnapshotCollector(Collector):
         yield info
 
 
+    def _platform(self, h: HealthSnapshot) -> Iterator[Metric]:
+        """The platform meter's series (docs/platform-power.md#metrics)."""
+        meter = h.platform_meter or "none"
+        energy = CounterMetricFamily(
+            "tta_carbon_platform_energy_joules",
+            "Whole-machine energy the platform meter measured since the ledger began (its part beyond the "
+            "components is component=\"remainder\" of tta_carbon_energy_joules_total).", labels=["meter"])
+        energy.add_metric([meter], self.totals.platform_j)
+        yield energy
+        power = GaugeMetricFamily("tta_carbon_platform_power_watts",
+                                  "Whole-machine power over the last interval, from the platform meter.",
+                                  labels=["meter"])
+        if self.platform_power_w is not None:
+            power.add_metric([meter], self.platform_power_w)
+        yield power
+        up = GaugeMetricFamily("tta_carbon_platform_meter_up",
+                               "1 while the platform meter's readings succeed.", labels=["meter"])
+        up.add_metric([meter], 0 if h.platform_meter_error or not h.platform_meter else 1)
+        yield up
+        failures = CounterMetricFamily("tta_carbon_platform_meter_failures",
+                                       "Platform meter readings that failed or were refused, since the daemon "
+                                       "started.", labels=["meter"])
+        failures.add_metric([meter], h.platform_meter_failures)
+        yield failures
+        fit = h.platform_fit
+        if fit:
+            for name, key, text in (
+                ("slope", "slope", "Platform watts per RAPL watt, least squares over this run."),
+                ("offset_watts", "offset_w", "Platform watts at zero RAPL power, least squares over this run."),
+                ("residual_watts", "residual_w", "RMS misfit of the platform-vs-RAPL line over this run."),
+                ("points", "points", "Intervals in the platform-vs-RAPL fit."),
+            ):
+                yield GaugeMetricFamily(f"tta_carbon_platform_fit_{name}", text, value=fit[key])
+
+
 class PrometheusSink:
     """Holds the latest exposition bytes; the HTTP server only ever copies them out."""
 
@@ -254,6 +294,9 @@ class PrometheusSink:
             if record is not None:
                 self._collector.totals = record.totals
                 self._collector.power_w = dict(record.power_w)
+                self._collector.platform_power_w = (record.platform_j / record.duration_s
+                                                    if record.platform_j is not None and record.duration_s > 0
+                                                    else None)
                 self._collector.units.add(record.units)
                 self._note_gpus(record)
             self._page = generate_latest(self._registry)

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from src.components.carbon.record import DeviceInfo, IntervalEnergy
+from src.components.carbon.record import DeviceInfo, IntervalEnergy, MeterStatus
 
-__all__ = ["DeviceInfo", "EnergySource", "SourceDefaults"]
+__all__ = ["DeviceInfo", "EnergySource", "MeterStatus", "SourceDefaults"]
 
 
 class EnergySource(Protocol):
@@ -38,6 +38,10 @@ class EnergySource(Protocol):
     def recover(self) -> None:
         """Try again what degraded (on SIGHUP). Never raises; a no-op for sources that cannot degrade."""
 
+    @property
+    def platform_meter(self) -> MeterStatus | None:
+        """The platform meter's state when this source reads one (the ``platform`` component); else None."""
+
     def read_interval(self) -> IntervalEnergy:
         """Energy since the previous call (or since open)."""
 
@@ -47,11 +51,12 @@ class EnergySource(Protocol):
 
 class SourceDefaults:
     """The trivial members of EnergySource, for a source to inherit and override what it needs:
-    no sampling between intervals, no devices, never degraded."""
+    no sampling between intervals, no devices, never degraded, no platform meter."""
 
     max_sample_interval_s: float | None = None
     devices: tuple[DeviceInfo, ...] = ()
     degradation: str = ""
+    platform_meter: MeterStatus | None = None
 
     def sample(self) -> None:
         """Nothing to fold between intervals."""

@@ -23,7 +23,7 @@ from collections.abc import Callable
 
 from src.components.carbon.memory import release_free_memory
 from src.components.carbon.record import ComponentEnergy, DeviceInfo, IntervalEnergy
-from src.components.carbon.sources import EnergySource
+from src.components.carbon.sources import EnergySource, MeterStatus
 from src.components.carbon.sources.composite import merge
 
 _log = logging.getLogger("tta.sources")
@@ -83,6 +83,10 @@ class FallbackSource[P: EnergySource]:
     @property
     def devices(self) -> tuple[DeviceInfo, ...]:
         return self._active.devices
+
+    @property
+    def platform_meter(self) -> MeterStatus | None:
+        return self._active.platform_meter
 
     @property
     def degradation(self) -> str:

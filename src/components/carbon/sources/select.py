@@ -5,12 +5,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from src.components.carbon.secret import Secret
 from src.components.carbon.sources import EnergySource
 from src.components.carbon.sources.codecarbon_tracker import CodecarbonSource
 from src.components.carbon.sources.composite import CompositeSource
 from src.components.carbon.sources.cpu_estimate import CpuLoadTdpSource
 from src.components.carbon.sources.fallback import FallbackSource
+from src.components.carbon.sources.hwmon import HwmonMeter, platform_meters
 from src.components.carbon.sources.nvml import NvmlSource, nvml_available
+from src.components.carbon.sources.platform import DEFAULT_MAX_WATTS, PlatformSource, PowerMeter
 from src.components.carbon.sources.rapl import RaplSource, rapl_components, rapl_readable
 
 
@@ -26,6 +29,22 @@ class SourceSettings:
     cpu_tdp_watts: float | None = None
     ram_watts: float | None = None
     gpu: str = "auto"  # "auto", "on" or "off"
+    # The platform meter (docs/platform-power.md): "auto" (a hwmon power meter when present),
+    # "off", "hwmon", "ipmi_dcmi" or "redfish" (the BMC ones only when asked for).
+    platform_meter: str = "auto"
+    hwmon_root: Path = Path("/sys/class/hwmon")
+    hwmon_device: str = ""  # a hwmon device's name or hwmonN; "" = the first platform meter found
+    platform_sample_s: float | None = None  # None: the meter's default (1 s hwmon, 5 s BMC)
+    platform_max_watts: float = DEFAULT_MAX_WATTS
+    ipmi_host: str = ""  # "" = the local BMC, in-band
+    ipmi_port: int = 623
+    ipmi_user: str = ""
+    ipmi_password: Secret | None = None
+    redfish_url: str = ""  # https://bmc.example (the service root's host); its Chassis are searched
+    redfish_user: str = ""
+    redfish_password: Secret | None = None
+    redfish_ca_file: Path | None = None  # CA bundle for the BMC's certificate; None = the system's
+    redfish_verify_tls: bool = True
 
 
 def select_source(settings: SourceSettings) -> tuple[EnergySource, str]:
@@ -40,13 +59,44 @@ def select_source(settings: SourceSettings) -> tuple[EnergySource, str]:
     ``gpu`` adds NVIDIA GPUs through NVML: ``auto`` when NVML initialises and lists at least
     one GPU, ``on`` always (the source is then unavailable without NVML), ``off`` never.
     """
+    platform, platform_why = _platform_source(settings)
     if settings.energy_source == "auto":
-        return _auto_source(settings)
-    cpu, reason = _cpu_source(settings)
-    if settings.energy_source == "codecarbon":
-        return cpu, reason
-    gpu, why = _gpu_source(settings)
-    return (cpu, reason) if gpu is None else (CompositeSource(cpu, gpu), f"{reason}; {why}")
+        source, reason = _auto_source(settings, platform)
+    else:
+        cpu, reason = _cpu_source(settings)
+        gpu, why = (None, "") if settings.energy_source == "codecarbon" else _gpu_source(settings)
+        parts = [p for p in (cpu, platform, gpu) if p is not None]
+        source = parts[0] if len(parts) == 1 else CompositeSource(*parts)
+        reason = f"{reason}; {why}" if why else reason
+    return source, f"{reason}; {platform_why}" if platform_why else reason
+
+
+def _platform_source(s: SourceSettings) -> tuple[PlatformSource | None, str]:
+    """The platform meter the settings ask for, or None; the reason for the choice."""
+    meter: PowerMeter
+    if s.platform_meter == "off":
+        return None, ""
+    if s.platform_meter in ("auto", "hwmon"):
+        found = platform_meters(s.hwmon_root, s.hwmon_device)
+        if not found and s.platform_meter == "auto":
+            return None, "no platform meter"
+        wanted = f"hwmon device {s.hwmon_device!r}" if s.hwmon_device else "a hwmon power meter"
+        meter = HwmonMeter(found[0] if found else None,
+                           missing=f"platform_meter is hwmon but {wanted} with energy1_input, power1_average or "
+                                   f"power1_input was not found under {s.hwmon_root}")
+    elif s.platform_meter == "ipmi_dcmi":
+        from src.components.carbon.sources.ipmi_dcmi import IpmiDcmiMeter  # a BMC: only when configured
+
+        meter = IpmiDcmiMeter(s.ipmi_host, s.ipmi_user, s.ipmi_password, port=s.ipmi_port)
+    elif s.platform_meter == "redfish":
+        from src.components.carbon.sources.redfish import RedfishMeter  # a BMC: only when configured
+
+        meter = RedfishMeter(s.redfish_url, s.redfish_user, s.redfish_password, ca_file=s.redfish_ca_file,
+                             verify_tls=s.redfish_verify_tls)
+    else:  # TTAConfig allows only the names above
+        raise ValueError(f"unknown platform_meter {s.platform_meter!r}")
+    source = PlatformSource(meter, period_s=s.platform_sample_s, max_watts=s.platform_max_watts)
+    return source, f"platform: {meter.method} {meter.device.name}"
 
 
 def _gpu_source(s: SourceSettings) -> tuple[NvmlSource | None, str]:
@@ -58,13 +108,15 @@ def _gpu_source(s: SourceSettings) -> tuple[NvmlSource | None, str]:
     return (NvmlSource(), why) if present else (None, f"no GPU ({why})")
 
 
-def _auto_source(s: SourceSettings) -> tuple[EnergySource, str]:
+def _auto_source(s: SourceSettings, platform: PlatformSource | None) -> tuple[EnergySource, str]:
     parts: list[EnergySource] = []
     reasons: list[str] = []
     measured = rapl_components(s.powercap_root)
     if measured:
         parts.append(RaplSource(s.powercap_root))
         reasons.append(f"RAPL counters under {s.powercap_root} for {', '.join(sorted(measured))}")
+    if platform is not None:  # next to the counters: read right at the boundary too
+        parts.append(platform)
     gpu, why = _gpu_source(s)
     if gpu is not None:
         parts.append(gpu)
