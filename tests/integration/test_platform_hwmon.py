@@ -107,3 +107,35 @@ def test_an_explicit_hwmon_meter_that_is_absent_is_one_line_not_a_traceback(daem
     assert str(tmp_path / "empty") in health["tracker_error"]
     assert "Traceback" not in d.stderr() and "Traceback" not in d.log_file.read_text()
     assert d.records() == []
+
+
+def test_the_running_fit_recovers_the_platform_line_against_rapl(daemon_factory, tmp_path):
+    """RAPL steps 20/40/60/30/50 W while the meter shows 50 W + 1.2 x RAPL: /metrics and /healthz carry that line."""
+    from tests.fixtures.fake_rapl import FakeRapl
+
+    steps = [(0.0, 20.0), (4.0, 40.0), (8.0, 60.0), (12.0, 30.0), (16.0, 50.0)]
+    knots: list[tuple[float, float]] = []
+    for (t, w), nxt in zip(steps, [*steps[1:], (40.0, 0.0)]):
+        knots += [(t, 50.0 + 1.2 * w), (nxt[0], 50.0 + 1.2 * w)]
+    with FakeRapl(tmp_path / "powercap", packages=1, dram=False) as rapl:
+        d = daemon_factory(interval=2.0, settings={"energy_source": "rapl", "powercap_root": str(rapl.root),
+                                                   "hwmon_root": str(tmp_path / "hwmon"), "gpu": "off",
+                                                   "platform_sample_s": "0.1"})
+        profile = PowerProfile(knots)
+        with FakeHwmon(tmp_path / "hwmon", profile, average_interval_s=0.1):
+            rapl.start_live([(t, {"package-0": w}) for t, w in steps])
+            profile.t0 = time.time()
+            d.start()
+            d.wait_for_records(9)
+            with urllib.request.urlopen(d.url("/healthz"), timeout=5) as r:
+                fit = json.load(r)["platform_fit"]
+            with urllib.request.urlopen(d.url("/metrics"), timeout=5) as r:
+                page = r.read().decode()
+            assert d.stop() == 0
+    print(f"\nfit over {fit['points']} intervals: platform = {fit['offset_w']:.2f} W + {fit['slope']:.4f} x RAPL "
+          f"(programmed 50 W + 1.2 x), residual {fit['residual_w']:.2f} W")
+    assert fit["points"] >= 8
+    assert fit["slope"] == pytest.approx(1.2, rel=0.05) and fit["offset_w"] == pytest.approx(50.0, abs=4.0)
+    assert fit["residual_w"] < 3.0
+    (slope_line,) = [line for line in page.splitlines() if line.startswith("tta_carbon_platform_fit_slope ")]
+    assert float(slope_line.split()[1]) == pytest.approx(1.2, rel=0.05)

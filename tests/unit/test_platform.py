@@ -292,3 +292,30 @@ def test_metrics_carry_the_platform_meter_the_remainder_and_the_fit_and_pass_pro
     plain.update(build_health(DaemonInfo("v", "p", "e", 10.0, 900.0), SourceStatus("rapl", True), MeasurementStats(),
                               Totals(), SinkStats(), Intensity(400.0, "fixed", "")), None)
     assert "remainder" not in plain.page().decode() and "platform" not in plain.page().decode()
+
+
+def test_report_counts_the_remainder_in_totals_and_shows_it_only_where_measured(tmp_path, capsys):
+    import json
+
+    from src.service.report import run_report
+
+    def line(seq: int, remainder: float | None) -> str:
+        energy = {"cpu": 100.0, "ram": 20.0, "gpu": 0.0}
+        if remainder is not None:
+            energy |= {"remainder": remainder, "platform": 120.0 + remainder}
+        grams = {k: v * 0.01 for k, v in energy.items() if k != "platform"}
+        return json.dumps({"interval_end": f"2026-12-01T00:00:{seq:02d}.000Z", "duration_s": 1.0, "seq": seq,
+                           "run_id": "r", "energy_j": energy, "emissions_g": grams}) + "\n"
+
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "emissions_2026-12-01.json").write_text(line(1, 80.0) + line(2, 30.0))
+    assert run_report(tmp_path / "m", as_json=True) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["overall"]["energy_j"]["remainder"] == 110.0
+    assert out["overall"]["energy_j"]["total"] == 350.0  # the platform meter's 200 + 150
+    assert run_report(tmp_path / "m", as_json=False, by="component") == 0
+    assert "remainder" in capsys.readouterr().out
+    (tmp_path / "plain").mkdir()
+    (tmp_path / "plain" / "emissions_2026-12-01.json").write_text(line(1, None))
+    assert run_report(tmp_path / "plain", as_json=True) == 0
+    assert "remainder" not in capsys.readouterr().out
