@@ -181,7 +181,7 @@ class TTAConfig(BaseSettings):
     ipmi_port: int = Field(623, ge=1, le=65535, description="the BMC's RMCP+ UDP port")
     ipmi_user: str = Field("", max_length=16, description="IPMI user name (LAN+)")
     ipmi_password: SecretStr | None = Field(None, description="secret: IPMI password (LAN+); never printed")
-    redfish_url: str = Field("", max_length=2048, pattern=r"^(https?://[^\s/?#@]+/?)?$",
+    redfish_url: str = Field("", max_length=2048, pattern=r"^(https://[^\s/?#@]+/?)?$",
                              description="the BMC for `redfish`, as `https://host[:port]`")
     redfish_user: str = Field("", max_length=256, description="Redfish user name")
     redfish_password: SecretStr | None = Field(None, description="secret: Redfish password; never printed")
