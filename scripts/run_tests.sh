@@ -9,7 +9,8 @@ cd "$(dirname "$0")/.."
 need_apt=()
 for tool in promtool:prometheus prometheus:prometheus logrotate:logrotate wrk:wrk strace:strace curl:curl jq:jq \
             amtool:prometheus-alertmanager prometheus-node-exporter:prometheus-node-exporter hyperfine:hyperfine \
-            faketime:faketime openssl:openssl victoria-metrics:victoria-metrics vmalert:victoria-metrics; do
+            faketime:faketime openssl:openssl victoria-metrics:victoria-metrics vmalert:victoria-metrics \
+            ipmitool:ipmitool; do
   command -v "${tool%%:*}" >/dev/null 2>&1 || need_apt+=("${tool##*:}")
 done
 if [ ${#need_apt[@]} -gt 0 ]; then
