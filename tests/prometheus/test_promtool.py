@@ -117,7 +117,8 @@ def test_rule_unit_tests(promtool, path):
 def test_every_alert_has_firing_and_quiet_unit_tests():
     alerts = {r["alert"]: r for r in alert_rules()}
     assert set(alerts) == {"HighCarbonEmissions", "CarbonComponentDown", "CarbonMeasurementsStale",
-                           "CarbonOutputWriteErrors", "CarbonEstimatedEnergy", "CarbonUnmeasuredTime"}
+                           "CarbonOutputWriteErrors", "CarbonEstimatedEnergy", "CarbonUnmeasuredTime",
+                           "CarbonPlatformMeterDown"}
     doc = yaml.safe_load((PROM_DIR / "tests" / "tta-carbon-alerts.test.yml").read_text())
     cases = [c for t in doc["tests"] for c in t.get("alert_rule_test", [])]
     for name, rule in alerts.items():

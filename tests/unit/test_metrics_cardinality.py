@@ -10,6 +10,7 @@ the page makes this fail before Prometheus drops a real host's scrapes.
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -60,8 +61,11 @@ def unit_values(page: bytes, family: str = "tta_carbon_unit_energy_joules") -> d
 class Host:
     """Feeds a sink records built by the real Accountant from per-unit CPU seconds."""
 
-    def __init__(self, sink: PrometheusSink, *, gpus: int = 0, cpus: int = 64, interval_s: float = 5.0) -> None:
+    def __init__(self, sink: PrometheusSink, *, gpus: int = 0, cpus: int = 64, interval_s: float = 5.0,
+                 platform: bool = False) -> None:
         self.sink = sink
+        self.platform = platform
+        self.rng = random.Random(17)
         self.acct = Accountant(Totals(), DEFAULT_TOP_N)
         self.gpus = gpus
         self.host_s = cpus * interval_s
@@ -74,28 +78,42 @@ class Host:
         self.t += self.interval_s
         components = {"cpu": ComponentEnergy(900.0, "rapl"), "ram": ComponentEnergy(50.0, "constant")}
         devices = {}
+        health = HEALTH
+        if self.platform:  # a meter, and RAPL varying so the fit exists: every platform series on the page
+            cpu_j = self.rng.uniform(600.0, 1200.0)
+            components["cpu"] = ComponentEnergy(cpu_j, "rapl")
+            components["platform"] = ComponentEnergy(2.0 * cpu_j + 800.0, "hwmon")
+            devices["platform-0"] = 2.0 * cpu_j + 800.0
         if self.gpus:
             components["gpu"] = ComponentEnergy(300.0 * self.gpus, "nvml")
             devices = {f"gpu{i}": 300.0 for i in range(self.gpus)}
         cpu_time = CpuTimeDelta({u: round(s * 1e9) for u, s in cpu_s.items()}, round(self.host_s * 1e9), "v2")
         rec = self.acct.account(IntervalEnergy(components, devices), end_wall=self.t, elapsed_s=self.interval_s,
                                 intensity=INTENSITY, identity=IDENTITY, cpu_time=cpu_time)
-        self.sink.update(HEALTH, rec)
+        if self.platform:
+            fit = self.acct.fit.fit()
+            health = replace(HEALTH, platform_meter="hwmon", platform_fit=(
+                {"points": fit.points, "slope": fit.slope, "offset_w": fit.offset_w, "residual_w": fit.residual_w}
+                if fit else {}))
+        self.sink.update(health, rec)
         return rec
 
 
-def page_maximum(top_n: int, gpus: int) -> int:
-    """docs/fleet.md section 4: 27 fixed samples, 2 x (2 x top_n + 2) unit samples, 2 per GPU.
+def page_maximum(top_n: int, gpus: int, platform: bool = False) -> int:
+    """docs/fleet.md section 4: 27 fixed samples, 2 x (2 x top_n + 2) unit samples, 2 per GPU,
+    11 with a platform meter (the remainder's energy, emissions and power; the meter's energy,
+    power, up and failures; the fit's 4 gauges).
 
     (26 since tta_carbon_unmeasured_seconds_total, issue 13; 27 with tta_carbon_measured_seconds_total, issue 16.)"""
-    return 27 + 2 * (2 * top_n + 2) + 2 * gpus
+    return 27 + 2 * (2 * top_n + 2) + 2 * gpus + (11 if platform else 0)
 
 
-@pytest.mark.parametrize("gpus", [0, GPUS], ids=["no-gpu", f"{GPUS}-gpus"])
-def test_60_busy_services_plus_churn_never_exceed_the_shipped_sample_limit(gpus: int) -> None:
+@pytest.mark.parametrize(("gpus", "platform"), [(0, False), (GPUS, False), (GPUS, True)],
+                         ids=["no-gpu", f"{GPUS}-gpus", f"{GPUS}-gpus-and-a-platform-meter"])
+def test_60_busy_services_plus_churn_never_exceed_the_shipped_sample_limit(gpus: int, platform: bool) -> None:
     limit = shipped_sample_limit()
     sink = PrometheusSink()
-    host = Host(sink, gpus=gpus)
+    host = Host(sink, gpus=gpus, platform=platform)
     rng = random.Random(13)
     busy = [f"svc-{i:02d}.service" for i in range(60)]
     alive: dict[str, int] = {}  # short-lived unit -> intervals left
@@ -125,7 +143,7 @@ def test_60_busy_services_plus_churn_never_exceed_the_shipped_sample_limit(gpus:
             assert len(values) <= 2 * DEFAULT_TOP_N + 2
             assert {OTHER, UNATTRIBUTED} <= set(values)
     # the documented maximum is reached under this load, and is exact
-    assert worst == page_maximum(DEFAULT_TOP_N, gpus)
+    assert worst == page_maximum(DEFAULT_TOP_N, gpus, platform)
 
     # churn stops: after the grace period no transient unit is left on the page
     grace = sink.unit_grace_records
@@ -136,13 +154,14 @@ def test_60_busy_services_plus_churn_never_exceed_the_shipped_sample_limit(gpus:
         shown = set(unit_values(sink.page()))
         assert not shown & churned
         assert shown <= set(busy) | {OTHER, UNATTRIBUTED}
-    assert len(samples(sink.page())) <= page_maximum(DEFAULT_TOP_N, gpus)
+    assert len(samples(sink.page())) <= page_maximum(DEFAULT_TOP_N, gpus, platform)
 
 
 def test_page_maximum_fits_the_shipped_sample_limit_with_headroom() -> None:
     limit = shipped_sample_limit()
-    # 8 GPUs at the default top N leaves at least a third of the limit free
+    # 8 GPUs at the default top N leaves at least a third of the limit free; with a platform meter too, 40 %
     assert page_maximum(DEFAULT_TOP_N, GPUS) * 1.5 <= limit
+    assert page_maximum(DEFAULT_TOP_N, GPUS, platform=True) * 1.4 <= limit
     # and the examples ship the same limit
     for path in sorted((PROM_CONFIG.parent / "examples").glob("*.yml")):
         for job in yaml.safe_load(path.read_text()).get("scrape_configs", []):
