@@ -115,7 +115,7 @@ class CarbonComponent:
         self.prepare_directories()
         self._lock_directories()
         loaded = self._ledger.load()
-        self._accountant = Accountant(loaded.totals.copy(), s.attribution.top_n)
+        self._accountant = Accountant(loaded.totals.copy(), s.attribution.top_n, s.embodied)
         self._prometheus.restore(loaded.totals)
         source, reason = select_source(s.sources)
         first_start_wall = time.time()
@@ -236,6 +236,7 @@ class CarbonComponent:
             old_chain.online.close()
         if self._accountant is not None:  # started: keep the (new) online provider refreshing
             self._chain.start()
+            self._accountant.embodied = self.settings.embodied  # live: the next record uses it
         if self._source is not None:
             self._source.recover()  # e.g. try codecarbon again after a degradation
         self._intensity = self._chain.current(time.time())

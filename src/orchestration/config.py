@@ -188,6 +188,14 @@ class TTAConfig(BaseSettings):
     redfish_ca_file: Path | None = Field(None, description="CA certificate(s) for the BMC's TLS certificate; "
                                                            "unset = the system's CAs")
     redfish_verify_tls: bool = Field(True, description="`false` accepts any certificate (warned once in the log)")
+    # Embodied carbon: the host's manufacturing footprint, amortised over its life (docs/embodied.md).
+    embodied_kgco2e: float | None = Field(
+        None, gt=0, le=1e6, allow_inf_nan=False,
+        description="the host's manufacturing footprint in kg CO2eq (a manufacturer's product carbon footprint "
+                    "sheet, or Boavizta's estimate); unset = no embodied carbon. Needs embodied_lifetime_years")
+    embodied_lifetime_years: float | None = Field(
+        None, gt=0, le=50, allow_inf_nan=False,
+        description="years the embodied footprint is spread over (e.g. 4 or 6); needs embodied_kgco2e")
     host_name: str | None = Field(
         None, min_length=1, max_length=253, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$",
         description="the host's name in records (`host`) and on `tta_carbon_build_info{host}`; unset = the "
@@ -332,7 +340,8 @@ class TTAConfig(BaseSettings):
 
     @field_validator("region", "log_file", "intensity_g_per_kwh", "electricitymaps_token", "cpu_tdp_watts",
                      "ram_watts", "electricitymaps_zone", "intensity_profile_file", "platform_sample_s",
-                     "ipmi_password", "redfish_password", "redfish_ca_file", mode="before")
+                     "ipmi_password", "redfish_password", "redfish_ca_file", "embodied_kgco2e",
+                     "embodied_lifetime_years", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: Any) -> Any:
         # An empty value in an env file means "not set", as systemd operators expect.
@@ -471,6 +480,18 @@ class TTAConfig(BaseSettings):
                 "offline=false needs electricitymaps_zone (CARBON_ELECTRICITYMAPS_ZONE): {country} has several "
                 "Electricity Maps zones, e.g. US-CAL-CISO",
                 {"setting": "country_iso_code", "country": self.country_iso_code},
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _embodied_needs_both(self) -> TTAConfig:
+        if (self.embodied_kgco2e is None) != (self.embodied_lifetime_years is None):
+            given, missing = (("embodied_kgco2e", "embodied_lifetime_years") if self.embodied_lifetime_years is None
+                              else ("embodied_lifetime_years", "embodied_kgco2e"))
+            raise PydanticCustomError(
+                "embodied_needs_both",
+                "{given} is set but {missing} is not (CARBON_{upper}): embodied carbon needs both",
+                {"setting": given, "given": given, "missing": missing, "upper": missing.upper()},
             )
         return self
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from src.components.carbon.accounting import Embodied
 from src.components.carbon.attribution import AttributionSettings
 from src.components.carbon.intensity import IntensitySettings, OnlineSettings, default_zone
 from src.components.carbon.sinks.http_server import HttpSettings
@@ -30,6 +31,7 @@ LIVE_SETTINGS = frozenset({
     "log_level", "log_file", "project_name", "intensity_g_per_kwh", "country_iso_code", "region",
     "host_name", "record_hostname", "offline", "electricitymaps_token", "electricitymaps_zone", "electricitymaps_url",
     "electricitymaps_refresh_interval", "electricitymaps_timeout", "intensity_profile_file",
+    "embodied_kgco2e", "embodied_lifetime_years",
 })
 
 
@@ -53,6 +55,7 @@ class ComponentSettings:
     intensity: IntensitySettings
     attribution: AttributionSettings
     http: HttpSettings
+    embodied: Embodied | None  # None: no embodied carbon configured
 
 
 def record_settings(config: Config) -> RecordSettings:
@@ -110,7 +113,15 @@ def component_settings(config: Config) -> ComponentSettings:
         output_dir=Path(config.output_dir), state_dir=Path(config.state_dir), log_file=config.log_file,
         interval_s=config.measurement_interval, records=record_settings(config), sources=source_settings(config),
         intensity=intensity_settings(config), attribution=attribution_settings(config), http=http_settings(config),
+        embodied=embodied_settings(config),
     )
+
+
+def embodied_settings(config: Config) -> Embodied | None:
+    """TTAConfig guarantees both settings or neither."""
+    if config.embodied_kgco2e is None or config.embodied_lifetime_years is None:
+        return None
+    return Embodied(config.embodied_kgco2e, config.embodied_lifetime_years)
 
 
 def apply_live(running: Config, new: Config) -> tuple[ConfigValues, list[str]]:

@@ -26,6 +26,21 @@ def rfc3339(epoch_s: float) -> str:
     return datetime.fromtimestamp(epoch_s, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+SECONDS_PER_YEAR = 365.25 * 86400  # a Julian year: leap years averaged in
+
+
+@dataclass(frozen=True, slots=True)
+class Embodied:
+    """The host's manufacturing footprint, amortised linearly over its life (docs/embodied.md)."""
+
+    kgco2e: float
+    lifetime_years: float
+
+    def grams(self, duration_s: float) -> float:
+        """The share of ``duration_s``: exactly kgco2e x 1000 x duration_s / (lifetime_years x 365.25 x 86400)."""
+        return self.kgco2e * 1000.0 * duration_s / (self.lifetime_years * 365.25 * 86400)
+
+
 @dataclass(frozen=True, slots=True)
 class Identity:
     """Who the records are about; changes only on SIGHUP."""
@@ -39,9 +54,11 @@ class Identity:
 class Accountant:
     """Owns the running totals; each call adds exactly one interval to them."""
 
-    def __init__(self, totals: Totals, top_n: int = attribution.DEFAULT_TOP_N) -> None:
+    def __init__(self, totals: Totals, top_n: int = attribution.DEFAULT_TOP_N,
+                 embodied: Embodied | None = None) -> None:
         self.totals = totals
         self.top_n = top_n
+        self.embodied = embodied  # replaced whole on SIGHUP (a live setting)
         self.fit = PlatformFit()  # platform against RAPL, over this run
 
     def account(
@@ -75,6 +92,7 @@ class Accountant:
             rapl_w = sum(power_w[c] for c in ("cpu", "ram") if methods.get(c) == "rapl")
             if rapl_w > 0:
                 self.fit.add(rapl_w, platform_j / elapsed_s)
+        embodied_g = self.embodied.grams(max(0.0, elapsed_s)) if self.embodied is not None else None
         units: dict[str, dict[str, float]] = {}
         split: dict[str, str] = {}
         if cpu_time is not None:
@@ -83,10 +101,11 @@ class Accountant:
             shares = attribution.attribute(
                 cpu_time, cpu_j=energy_j["cpu"] + sum(energy_j[c] for c in shared), total_j=sum(energy_j.values()),
                 cpu_g=emissions_g["cpu"] + sum(emissions_g[c] for c in shared), total_g=sum(emissions_g.values()),
-                top_n=self.top_n,
+                top_n=self.top_n, embodied_g=embodied_g,
             )
             units = {k: v.as_dict() for k, v in shares.items()}
             split = {**attribution.METHOD, **dict.fromkeys(shared, attribution.METHOD["cpu"]),
+                     **({"embodied": attribution.METHOD["cpu"]} if embodied_g is not None else {}),
                      "cgroup": cpu_time.cgroup}
         totals = self.totals
         totals.seq += 1
@@ -96,6 +115,8 @@ class Accountant:
             totals.emissions_g[c] = totals.emissions_g.get(c, 0.0) + emissions_g.get(c, 0.0)
         if platform_j is not None:
             totals.platform_j += platform_j
+        if embodied_g is not None:
+            totals.embodied_g += embodied_g
         return EmissionsRecord(
             seq=totals.seq,
             run_id=identity.run_id,
@@ -118,4 +139,5 @@ class Accountant:
             units=units,
             attribution=split,
             platform_j=platform_j,
+            embodied_g=embodied_g,
         )

@@ -71,9 +71,13 @@ class UnitShare:
     energy_j: float
     emissions_g: float
     cpu_s: float  # CPU seconds the unit (or bucket) used in the interval; 0 for unattributed
+    embodied_g: float | None = None  # its share of the interval's embodied carbon, when configured
 
     def as_dict(self) -> dict[str, float]:
-        return {"energy_j": self.energy_j, "emissions_g": self.emissions_g, "cpu_s": self.cpu_s}
+        shares = {"energy_j": self.energy_j, "emissions_g": self.emissions_g, "cpu_s": self.cpu_s}
+        if self.embodied_g is not None:
+            shares["embodied_g"] = self.embodied_g
+        return shares
 
 
 def attribute(
@@ -84,6 +88,7 @@ def attribute(
     cpu_g: float,
     total_g: float,
     top_n: int = DEFAULT_TOP_N,
+    embodied_g: float | None = None,
 ) -> dict[str, UnitShare]:
     """Per-unit shares of one interval.
 
@@ -92,6 +97,8 @@ def attribute(
     the top ``top_n`` units by name, then ``other`` (when any unit was folded into it)
     and ``unattributed`` (always), and satisfies
     ``sum(v.energy_j for v in result.values()) == total_j`` exactly (same for grams).
+    ``embodied_g`` (the interval's embodied carbon) is split by the same CPU-time weights,
+    the idle share ``unattributed``, and sums exactly to ``embodied_g`` too.
     """
     units = {n: ns for n, ns in cpu_time.units_ns.items() if ns > 0}
     ranked = sorted(units.items(), key=lambda kv: (-kv[1], kv[0]))
@@ -106,7 +113,12 @@ def attribute(
     denominator = max(cpu_time.host_ns, sum(weights.values()))
     energy, energy_rest = split_exact(total_j, cpu_j, weights, denominator)
     grams, grams_rest = split_exact(total_g, cpu_g, weights, denominator)
-    result = {k: UnitShare(energy[k], grams[k], weights[k] / 1e9) for k in weights}
+    if embodied_g is None:
+        embodied: dict[str, float | None] = dict.fromkeys(weights)
+        embodied_rest: float | None = None
+    else:  # the machine's share each unit occupied, as for its CPU energy
+        embodied, embodied_rest = split_exact(embodied_g, embodied_g, weights, denominator)
+    result = {k: UnitShare(energy[k], grams[k], weights[k] / 1e9, embodied[k]) for k in weights}
     idle_ns = max(0, cpu_time.host_ns - sum(weights.values()))
-    result[UNATTRIBUTED] = UnitShare(energy_rest, grams_rest, idle_ns / 1e9)
+    result[UNATTRIBUTED] = UnitShare(energy_rest, grams_rest, idle_ns / 1e9, embodied_rest)
     return result

@@ -98,6 +98,8 @@ class Totals:
     emissions_g: dict[str, float] = field(default_factory=lambda: dict.fromkeys(ACCOUNTED, 0.0))
     # Joules the platform meter measured (not part of the total: the remainder is).
     platform_j: float = 0.0
+    # Embodied (manufacturing) carbon amortised over the records' time: kept apart from emissions_g.
+    embodied_g: float = 0.0
     # Wall-clock seconds no record covers: from each run's last record to the next run's first
     # interval (killed, powered off, or just restarting). Only grows; see docs/records.md.
     unmeasured_s: float = 0.0
@@ -106,12 +108,13 @@ class Totals:
     measured_s: float = 0.0
 
     def copy(self) -> Totals:
-        return Totals(self.seq, dict(self.energy_j), dict(self.emissions_g), self.platform_j, self.unmeasured_s,
-                      self.measured_s)
+        return Totals(self.seq, dict(self.energy_j), dict(self.emissions_g), self.platform_j, self.embodied_g,
+                      self.unmeasured_s, self.measured_s)
 
     def to_dict(self) -> dict[str, Any]:
         return {"seq": self.seq, "energy_j": dict(self.energy_j), "emissions_g": dict(self.emissions_g),
-                "platform_j": self.platform_j, "unmeasured_s": self.unmeasured_s, "measured_s": self.measured_s}
+                "platform_j": self.platform_j, "embodied_g": self.embodied_g, "unmeasured_s": self.unmeasured_s,
+                "measured_s": self.measured_s}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Totals:
@@ -127,7 +130,7 @@ class Totals:
                     raise ValueError(f"{name}.{comp} must be a number from 0 to {MAX_TOTAL:g}, got {value!r}")
                 target[comp] = value
         # Absent from state files and records written before they existed: nothing counted yet.
-        for name in ("platform_j", "unmeasured_s", "measured_s"):
+        for name in ("platform_j", "embodied_g", "unmeasured_s", "measured_s"):
             amount = float(data.get(name, 0.0))
             if not 0.0 <= amount <= MAX_TOTAL:
                 raise ValueError(f"{name} must be a number from 0 to {MAX_TOTAL:g}, got {amount!r}")
@@ -162,6 +165,7 @@ class EmissionsRecord:
     units: dict[str, dict[str, float]] = field(default_factory=dict)
     attribution: dict[str, str] = field(default_factory=dict)  # method per component + cgroup version
     platform_j: float | None = None  # the platform meter's joules; None when not measured this interval
+    embodied_g: float | None = None  # this interval's share of the embodied footprint; None when not configured
 
     @property
     def emissions_total_g(self) -> float:
@@ -199,6 +203,7 @@ class EmissionsRecord:
                 "power_w": {**self.power_w, **platform_w, "total": sum(self.power_w.values())},
                 "emissions_g": {**self.emissions_g, "total": self.emissions_total_g},
                 "emissions_kg": self.emissions_total_g / 1000.0,
+                **({"embodied_g": self.embodied_g} if self.embodied_g is not None else {}),
                 "carbon_intensity_g_per_kwh": self.intensity.grams_per_kwh,
                 "intensity_source": self.intensity.source,
                 "intensity_location": self.intensity.location,
@@ -211,6 +216,8 @@ class EmissionsRecord:
                         "total": sum(self.totals.emissions_g.values()),
                     },
                     **({"platform_j": self.totals.platform_j} if self.totals.platform_j else {}),
+                    **({"embodied_g": self.totals.embodied_g}
+                       if self.embodied_g is not None or self.totals.embodied_g else {}),
                     "records": self.totals.seq,
                     "unmeasured_s": self.totals.unmeasured_s,
                     "measured_s": self.totals.measured_s,

@@ -111,6 +111,7 @@ class _SnapshotCollector(Collector):
         self.gpu_power_w: dict[str, float] = {}
         self.gpu_energy_j: dict[str, float] = {}
         self.platform_power_w: float | None = None  # the last interval's platform watts; None: not measured
+        self.embodied = False  # the last record carried embodied carbon (it is configured)
 
     def collect(self) -> Iterator[Metric]:
         h = self.health
@@ -137,6 +138,13 @@ class _SnapshotCollector(Collector):
         yield power
         if metered:
             yield from self._platform(h)
+        if self.embodied or self.totals.embodied_g > 0:
+            yield CounterMetricFamily(
+                "tta_carbon_embodied_grams",
+                "Embodied (manufacturing) CO2-equivalent amortised over the records' time since the ledger "
+                "began; not part of tta_carbon_emissions_grams_total (docs/embodied.md).",
+                value=self.totals.embodied_g,
+            )
         if self.units.shown:
             unit_energy = CounterMetricFamily(
                 "tta_carbon_unit_energy_joules",
@@ -294,6 +302,7 @@ class PrometheusSink:
             if record is not None:
                 self._collector.totals = record.totals
                 self._collector.power_w = dict(record.power_w)
+                self._collector.embodied = record.embodied_g is not None
                 self._collector.platform_power_w = (record.platform_j / record.duration_s
                                                     if record.platform_j is not None and record.duration_s > 0
                                                     else None)
