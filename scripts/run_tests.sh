@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, on a fresh Debian 12 machine (root): installs what the
 # tests use for real (uv, Prometheus + promtool, Alertmanager, VictoriaMetrics + vmalert, logrotate, wrk, strace, curl, jq,
+# ipmitool, headless Chromium,
 # systemd-nspawn + mmdebstrap),
 # then checks the import contracts and runs pytest. README's test command; .ci/run calls exactly this.
 set -euo pipefail
@@ -10,7 +11,7 @@ need_apt=()
 for tool in promtool:prometheus prometheus:prometheus logrotate:logrotate wrk:wrk strace:strace curl:curl jq:jq \
             amtool:prometheus-alertmanager prometheus-node-exporter:prometheus-node-exporter hyperfine:hyperfine \
             faketime:faketime openssl:openssl victoria-metrics:victoria-metrics vmalert:victoria-metrics \
-            ipmitool:ipmitool; do
+            ipmitool:ipmitool chromium:chromium; do
   command -v "${tool%%:*}" >/dev/null 2>&1 || need_apt+=("${tool##*:}")
 done
 if [ ${#need_apt[@]} -gt 0 ]; then

@@ -115,15 +115,19 @@ def cmd_report(args: argparse.Namespace) -> int:
     dirs = [Path(d) for d in args.dir or []]
     fleets = [Path(f) for f in args.fleet or []]
     hosts = args.host or []
+    if args.since and args.until and args.since > args.until:
+        print(f"tta-carbon: error: --from {args.since} is after --to {args.until}", file=sys.stderr)
+        return EX_FAILURE
+    period = {"since": args.since, "until": args.until, "html": Path(args.html) if args.html else None}
     if len(dirs) == 1 and not fleets:
-        return run_report(dirs[0], as_json=args.json, by=args.by, hosts=hosts)
+        return run_report(dirs[0], as_json=args.json, by=args.by, hosts=hosts, **period)
     if dirs or fleets:
-        return run_report(None, as_json=args.json, by=args.by, dirs=dirs, fleets=fleets, hosts=hosts)
+        return run_report(None, as_json=args.json, by=args.by, dirs=dirs, fleets=fleets, hosts=hosts, **period)
     try:
         directory = load_config(args).output_dir
     except ConfigError as exc:
         return _config_error(exc)
-    return run_report(directory, as_json=args.json, by=args.by, hosts=hosts)
+    return run_report(directory, as_json=args.json, by=args.by, hosts=hosts, **period)
 
 
 def cmd_prune(args: argparse.Namespace) -> int:
@@ -140,6 +144,20 @@ def _timeout(value: str) -> float:
     if not 0.1 <= seconds <= 60:
         raise argparse.ArgumentTypeError("must be between 0.1 and 60 seconds")
     return seconds
+
+
+def _day(value: str) -> str:
+    """A UTC day, YYYY-MM-DD (a real date: 2026-02-30 is refused), kept as text: records compare as text."""
+    import datetime
+
+    try:
+        return datetime.date.fromisoformat(value).isoformat() if len(value) == 10 else _bad_day(value)
+    except ValueError:
+        return _bad_day(value)
+
+
+def _bad_day(value: str) -> str:
+    raise argparse.ArgumentTypeError(f"{value!r} is not a date (YYYY-MM-DD)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -195,6 +213,13 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--by", choices=["day", "component", "unit"], default="day", help="table grouping (default day)")
     report.add_argument("--by-unit", dest="by", action="store_const", const="unit",
                         help="per-systemd-unit table, same as --by unit (docs/attribution.md)")
+    report.add_argument("--from", dest="since", metavar="DATE", type=_day,
+                        help="only records from this UTC day on (YYYY-MM-DD, inclusive)")
+    report.add_argument("--to", dest="until", metavar="DATE", type=_day,
+                        help="only records up to this UTC day (YYYY-MM-DD, inclusive)")
+    report.add_argument("--html", metavar="FILE",
+                        help="write a self-contained HTML page (charts, totals, methods) to FILE instead of the "
+                             f"tables; exit {EX_CANTCREAT} when FILE cannot be written")
     report.set_defaults(func=cmd_report)
 
     from src.service.prune import parse_age

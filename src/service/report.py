@@ -21,30 +21,50 @@ from typing import Any
 
 from src.components.carbon.attribution import OTHER, UNATTRIBUTED
 from src.components.carbon.ndjson_files import is_records_file, iter_lines, list_files
-from src.components.carbon.record import ACCOUNTED, REMAINDER, JOULES_PER_KWH
-from src.service.exit_codes import EX_FAILURE, EX_OK
+from src.components.carbon.record import ACCOUNTED, MEASURED_METHODS, PLATFORM, REMAINDER, JOULES_PER_KWH
+from src.service.exit_codes import EX_CANTCREAT, EX_FAILURE, EX_OK
 
 SHOWN_INVALID = 5  # invalid lines named in the warning (all of them are counted)
+UNLABELLED = "unlabelled"  # a component's energy whose record names no energy_method for it
 FROM_RECORD, FROM_DIR = "record", "dir"
 
 
 @dataclass
 class Totals:
+    """One group's sums. ``embodied_g`` is kept apart: it is never part of ``emissions_g``."""
+
     records: int = 0
     energy_j: dict[str, float] = field(default_factory=lambda: dict.fromkeys(ACCOUNTED, 0.0))
     emissions_g: dict[str, float] = field(default_factory=lambda: dict.fromkeys(ACCOUNTED, 0.0))
+    embodied_g: float = 0.0
+    measured_j: float = 0.0  # energy whose method is a hardware counter or meter (MEASURED_METHODS)
 
     def add(self, rec: ParsedRecord) -> None:
         self.records += 1
         for c in ACCOUNTED:
             self.energy_j[c] += rec.energy_j[c]
             self.emissions_g[c] += rec.emissions_g[c]
+        self.embodied_g += rec.embodied_g
+        self.measured_j += rec.measured_j
+
+    def merge(self, other: Totals) -> None:
+        self.records += other.records
+        for c in ACCOUNTED:
+            self.energy_j[c] += other.energy_j[c]
+            self.emissions_g[c] += other.emissions_g[c]
+        self.embodied_g += other.embodied_g
+        self.measured_j += other.measured_j
 
     def as_dict(self) -> dict[str, Any]:
+        total_j = sum(self.energy_j.values())
         return {
             "records": self.records,
-            "energy_j": {**_shown(self.energy_j), "total": sum(self.energy_j.values())},
+            "energy_j": {**_shown(self.energy_j), "total": total_j},
             "emissions_g": {**_shown(self.emissions_g), "total": sum(self.emissions_g.values())},
+            # operational (emissions_g.total) and embodied side by side, never summed into one another
+            "embodied_g": self.embodied_g,
+            "measured_energy_j": self.measured_j,
+            "estimated_energy_j": total_j - self.measured_j,
         }
 
     @property
@@ -68,7 +88,13 @@ class ParsedRecord:
     duration_s: float
     energy_j: dict[str, float]
     emissions_g: dict[str, float]
-    units: dict[str, tuple[float, float, float]]  # unit -> (joules, grams, cpu seconds)
+    units: dict[str, tuple[float, float, float, float]]  # unit -> (joules, grams, cpu seconds, embodied grams)
+    embodied_g: float = 0.0  # absent from records written without embodied carbon configured
+    intensity: float | None = None  # carbon_intensity_g_per_kwh
+    intensity_source: str | None = None
+    methods: tuple[tuple[str, str], ...] = ()  # (part, energy_method): the remainder's is the platform meter's
+    assumptions: tuple[str, ...] = ()  # energy_assumptions texts
+    measured_j: float = 0.0  # the parts' energy whose method is in MEASURED_METHODS
 
 
 def _number(value: Any) -> float:
@@ -103,14 +129,34 @@ def parse_record(raw: bytes) -> ParsedRecord:
     units = {}
     for unit, share in (rec.get("units") or {}).items():
         units[str(unit)] = (_number(share.get("energy_j", 0.0)), _number(share.get("emissions_g", 0.0)),
-                            _number(share.get("cpu_s", 0.0)))
+                            _number(share.get("cpu_s", 0.0)), _number(share.get("embodied_g", 0.0)))
     end = str(rec["interval_end"])
+    energy_j = {c: _number(rec["energy_j"].get(c, 0.0)) for c in ACCOUNTED}
+    raw_methods = rec.get("energy_method") or {}
+    methods = []
+    measured_j = 0.0
+    for c in ACCOUNTED:
+        # the remainder is what the platform meter saw beyond the components: its method is the meter's
+        method = raw_methods.get(PLATFORM if c == REMAINDER else c)
+        if method is not None and not isinstance(method, str):
+            raise ValueError("energy_method is not a string")
+        if method or energy_j[c]:  # a part with no energy and no method (no GPU) is no figure to explain
+            methods.append((c, method or UNLABELLED))
+        if method in MEASURED_METHODS:
+            measured_j += energy_j[c]
+    assumptions = tuple(str(v) for v in (rec.get("energy_assumptions") or {}).values())
+    intensity = rec.get("carbon_intensity_g_per_kwh")
+    source = rec.get("intensity_source")
     return ParsedRecord(
         key=(str(rec["run_id"]), seq), day=end[:10], end=end, host=_host(rec.get("host")),
         duration_s=_number(rec.get("duration_s", 0.0)),
-        energy_j={c: _number(rec["energy_j"].get(c, 0.0)) for c in ACCOUNTED},
+        energy_j=energy_j,
         emissions_g={c: _number(rec["emissions_g"].get(c, 0.0)) for c in ACCOUNTED},
         units=units,
+        embodied_g=_number(rec.get("embodied_g", 0.0)),
+        intensity=None if intensity is None else _number(intensity),
+        intensity_source=None if source is None else str(source),
+        methods=tuple(methods), assumptions=assumptions, measured_j=measured_j,
     )
 
 
@@ -156,44 +202,106 @@ class SeenRecords:
         return sum(len(r[0]) for r in self._runs.values())
 
 
+TOP_UNITS = 10  # units named in top_units (and the HTML chart); the rest sum into "other"
+
+
 class Grouped:
-    """Totals overall, per day and per unit: for one host, or for the fleet."""
+    """Totals overall, per day, per unit, per hour of intensity and per method: for one host, or the fleet.
+
+    Intensity over time is kept per UTC hour and intensity source (not per record): memory and
+    the page stay small over months of 15 s records, and an hour is finer than any grid signal
+    the sources give. Its value is the energy-weighted mean, i.e. the hour's grams / kWh.
+    """
 
     def __init__(self) -> None:
         self.overall = Totals()
         self.by_day: dict[str, Totals] = defaultdict(Totals)
-        # unit -> [joules, grams, cpu seconds, records], from each record's "units" (docs/attribution.md)
+        # unit -> [joules, grams, cpu seconds, records, embodied grams], from each record's "units" (docs/attribution.md)
         self.by_unit: dict[str, list[float]] = {}
+        # (hour "YYYY-MM-DDTHH", source) -> [records, sum of intensity x joules, joules, sum of intensity]
+        self.by_hour: dict[tuple[str, str], list[float]] = {}
+        self.methods: dict[tuple[str, str], float] = {}  # (part, energy_method) -> joules
+        self.assumptions: dict[str, int] = {}  # energy_assumptions text -> records
 
     def add(self, rec: ParsedRecord) -> None:
         self.by_day[rec.day].add(rec)
         self.overall.add(rec)
-        for unit, (j, g, cpu_s) in rec.units.items():
-            acc = self.by_unit.setdefault(unit, [0.0, 0.0, 0.0, 0])
+        for unit, (j, g, cpu_s, emb) in rec.units.items():
+            acc = self.by_unit.setdefault(unit, [0.0, 0.0, 0.0, 0, 0.0])
             acc[0] += j
             acc[1] += g
             acc[2] += cpu_s
             acc[3] += 1
+            acc[4] += emb
+        if rec.intensity is not None:
+            joules = sum(rec.energy_j.values())
+            acc = self.by_hour.setdefault((rec.end[:13], rec.intensity_source or "unknown"), [0, 0.0, 0.0, 0.0])
+            acc[0] += 1
+            acc[1] += rec.intensity * joules
+            acc[2] += joules
+            acc[3] += rec.intensity
+        for part, method in rec.methods:
+            self.methods[(part, method)] = self.methods.get((part, method), 0.0) + rec.energy_j[part]
+        for text in rec.assumptions:
+            self.assumptions[text] = self.assumptions.get(text, 0) + 1
 
     def merge(self, other: Grouped) -> None:
         """Add ``other``'s totals (the fleet is the sum of its hosts: rows and fleet agree)."""
-        for target, source in [(self.overall, other.overall),
-                               *((self.by_day[d], t) for d, t in sorted(other.by_day.items()))]:
-            target.records += source.records
-            for c in ACCOUNTED:
-                target.energy_j[c] += source.energy_j[c]
-                target.emissions_g[c] += source.emissions_g[c]
+        self.overall.merge(other.overall)
+        for d, t in sorted(other.by_day.items()):
+            self.by_day[d].merge(t)
         for unit, a in other.by_unit.items():
-            acc = self.by_unit.setdefault(unit, [0.0, 0.0, 0.0, 0])
+            acc = self.by_unit.setdefault(unit, [0.0, 0.0, 0.0, 0, 0.0])
+            for i in range(5):
+                acc[i] += a[i]
+        for key, a in other.by_hour.items():
+            acc = self.by_hour.setdefault(key, [0, 0.0, 0.0, 0.0])
             for i in range(4):
                 acc[i] += a[i]
+        for key, j in other.methods.items():
+            self.methods[key] = self.methods.get(key, 0.0) + j
+        for text, n in other.assumptions.items():
+            self.assumptions[text] = self.assumptions.get(text, 0) + n
+
+    def intensity_by_hour(self) -> list[dict[str, Any]]:
+        """Per UTC hour and source: the energy-weighted mean intensity (plain mean when no energy)."""
+        rows = []
+        for (hour, source), (n, weighted, joules, plain) in sorted(self.by_hour.items()):
+            rows.append({"hour": f"{hour}:00:00Z", "intensity_source": source, "records": n, "energy_j": joules,
+                         "g_per_kwh": weighted / joules if joules > 0 else plain / n})
+        return rows
+
+    def top_units(self, n: int = TOP_UNITS) -> list[dict[str, Any]]:
+        """The ``n`` units with most energy, then ``other`` (the rest, the daemon's own ``other`` included)
+        and ``unattributed``; shares are of the units' energy (which equals energy_j.total)."""
+        total_j = sum(a[0] for a in self.by_unit.values())
+        named = sorted((u for u in self.by_unit if u not in (OTHER, UNATTRIBUTED)),
+                       key=lambda u: (-self.by_unit[u][0], u))
+        rows = [(u, self.by_unit[u]) for u in named[:n]]
+        rest = [self.by_unit[u] for u in named[n:]] + ([self.by_unit[OTHER]] if OTHER in self.by_unit else [])
+        if rest:
+            rows.append((OTHER, [sum(a[i] for a in rest) for i in range(5)]))
+        if UNATTRIBUTED in self.by_unit:
+            rows.append((UNATTRIBUTED, self.by_unit[UNATTRIBUTED]))
+        return [{"unit": u, "energy_j": a[0], "share": a[0] / total_j if total_j > 0 else 0.0,
+                 "emissions_g": a[1], "embodied_g": a[4]} for u, a in rows]
+
+    def energy_by_method(self) -> dict[str, dict[str, float]]:
+        out: dict[str, dict[str, float]] = {}
+        for (part, method), j in sorted(self.methods.items()):
+            out.setdefault(part, {})[method] = j
+        return out
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "overall": self.overall.as_dict(),
             "by_day": {day: t.as_dict() for day, t in sorted(self.by_day.items())},
-            "by_unit": {u: {"energy_j": a[0], "emissions_g": a[1], "cpu_s": a[2], "records": a[3]}
+            "by_unit": {u: {"energy_j": a[0], "emissions_g": a[1], "cpu_s": a[2], "records": a[3], "embodied_g": a[4]}
                         for u, a in sorted(self.by_unit.items())},
+            "top_units": self.top_units(),
+            "intensity_by_hour": self.intensity_by_hour(),
+            "energy_by_method": self.energy_by_method(),
+            "energy_assumptions": dict(sorted(self.assumptions.items())),
         }
 
 
@@ -276,13 +384,16 @@ def _why(exc: BaseException) -> str:
     return getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
 
 
-def build_report(directories: Path | Sequence[Source], hosts: Iterable[str] | None = None) -> Report:
+def build_report(directories: Path | Sequence[Source], hosts: Iterable[str] | None = None,
+                 since: str | None = None, until: str | None = None) -> Report:
     """Each record counts once, keyed by (run_id, seq), whichever file or directory it sits in.
 
     Files are streamed line by line. A line is counted whole or not at all; a file that is
     not what its name says (a ``.gz`` that is not gzip, or cut short) is named and skipped
     from where it breaks; a directory that cannot be listed is named and skipped. ``hosts``,
     when given, limits the fleet totals to those hosts (every host still gets its own).
+    ``since``/``until`` (YYYY-MM-DD, inclusive) keep the records whose interval_end falls on
+    those UTC days; the others are not counted anywhere (nor as duplicates).
     """
     sources = [Source(directories, dir_host_name(directories))] if isinstance(directories, Path) else directories
     wanted = None if hosts is None else set(hosts)
@@ -313,6 +424,8 @@ def build_report(directories: Path | Sequence[Source], hosts: Iterable[str] | No
                             report.invalid_lines.append(f"{label} line {lineno}")
                         continue
                     parsed += 1
+                    if (since is not None and rec.day < since) or (until is not None and rec.day > until):
+                        continue
                     name = rec.host or source.name
                     counted_for = seen.add(rec.key, name)
                     if counted_for is not None:
@@ -379,8 +492,13 @@ def warn(text: str) -> None:
 
 
 def run_report(directory: Path | None = None, *, as_json: bool, by: str = "day", dirs: Sequence[Path] = (),
-               fleets: Sequence[Path] = (), hosts: Sequence[str] = ()) -> int:
-    """One directory (``directory``) or several (``dirs``, each subdirectory of each ``fleets`` root)."""
+               fleets: Sequence[Path] = (), hosts: Sequence[str] = (), since: str | None = None,
+               until: str | None = None, html: Path | None = None) -> int:
+    """One directory (``directory``) or several (``dirs``, each subdirectory of each ``fleets`` root).
+
+    ``since``/``until``: UTC days, inclusive. ``html``: write the page there (report_html.py)
+    instead of printing tables; ``as_json`` still prints the JSON when both are given.
+    """
     named = ([directory] if directory is not None else []) + list(dirs)
     multi = len(named) + len(fleets) > 1 or bool(fleets)
     failed = False
@@ -405,7 +523,7 @@ def run_report(directory: Path | None = None, *, as_json: bool, by: str = "day",
         sources.extend(found)
     if not sources and failed:
         return EX_FAILURE
-    report = build_report(sources, hosts or None)
+    report = build_report(sources, hosts or None, since, until)
     for problem in report.unreadable_dirs:
         print(f"tta-carbon: error: cannot read directory {printable(problem)} (skipped)", file=sys.stderr)
         failed = True
@@ -425,12 +543,24 @@ def run_report(directory: Path | None = None, *, as_json: bool, by: str = "day",
     for name in missing:
         known = sorted(report.hosts)
         warn(f"no records of host {name!r} (hosts: {', '.join(known[:5])}{' ...' if len(known) > 5 else ''})")
+    if html is not None:
+        from src.service.report_html import write_html
+
+        try:
+            write_html(html, report, since=since, until=until, selected_hosts=hosts)
+        except OSError as exc:
+            print(f"tta-carbon: error: cannot write {printable(str(html))}: {printable(_why(exc))}", file=sys.stderr)
+            return EX_CANTCREAT
+        if not as_json:
+            print(f"wrote {printable(str(html))} ({report.overall.records} records)", file=sys.stderr)
+            return EX_FAILURE if failed else EX_OK
     if as_json:
         print(json.dumps({
             "directory": str(named[0]) if len(named) == 1 and not fleets else None,
             "directories": report.directories, "files": report.files, "duplicates_skipped": report.duplicates,
             "invalid_lines": report.invalid_count, "unreadable_files": report.unreadable_files,
             "unreadable_dirs": report.unreadable_dirs, "selected_hosts": sorted(hosts) if hosts else None,
+            "period": {"from": since, "to": until},
             **report.fleet.as_dict(),
             "hosts": {name: h.as_dict() for name, h in sorted(report.hosts.items())},
         }, indent=2, allow_nan=False))
@@ -454,6 +584,8 @@ def run_report(directory: Path | None = None, *, as_json: bool, by: str = "day",
     o = report.overall
     print(f"{'total':<10} {o.records:>8} records, {sum(o.energy_j.values()) / JOULES_PER_KWH:.6f} kWh, "
           f"{sum(o.emissions_g.values()):.3f} gCO2eq ({sum(o.emissions_g.values()) / 1000:.6f} kg)")
+    if o.embodied_g:  # its own line: embodied carbon is never part of the operational figure above
+        print(f"{'embodied':<10} {o.embodied_g:.3f} gCO2eq (hardware manufacture, apportioned; not in the total above)")
     return EX_FAILURE if failed else EX_OK
 
 
@@ -497,7 +629,7 @@ def print_by_unit(report: Report) -> None:
     width = max(10, *(len(v) for v in shown.values()))
     print(f"{'unit':<{width}} {'energy kWh':>14} {'share':>7} {'emissions g':>14} {'cpu s':>10}")
     for u in named + tail:
-        j, g, cpu_s, _ = report.by_unit[u]
+        j, g, cpu_s, _, _ = report.by_unit[u]
         print(f"{shown[u]:<{width}} {j / JOULES_PER_KWH:>14.6f} {100 * j / total_j:>6.1f}% {g:>14.3f} {cpu_s:>10.1f}")
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from src.service.report import build_report, run_report
+from src.service.report import Source, build_report, run_report
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -264,3 +264,23 @@ def test_docs_example_output_is_what_report_prints(tmp_path: Path, capsys: pytes
     assert run_report(None, as_json=False, fleets=[root]) == 0
     got = capsys.readouterr().out.replace(str(root), "/srv/tta-carbon").rstrip("\n").splitlines()
     assert got == lines[1:]
+
+
+def test_embodied_and_measured_sum_per_host_and_fleet_and_stay_apart(tmp_path: Path) -> None:
+    """embodied_g (issue 18) adds up like the rest, per host and for the fleet, and never enters emissions_g."""
+    def with_embodied(line: str, grams: float | None, method: str) -> str:
+        r = json.loads(line)
+        r["energy_method"] = {"cpu": method, "ram": "constant"}
+        if grams is not None:
+            r["embodied_g"] = grams
+        return json.dumps(r) + "\n"
+
+    write(tmp_path / "a" / "emissions_2026-11-30.json",
+          [with_embodied(rec("ra", s, minute("2026-11-30", s), host="a"), 0.25, "rapl") for s in range(1, 5)])
+    write(tmp_path / "b" / "emissions_2026-11-30.json",
+          [with_embodied(rec("rb", s, minute("2026-11-30", s), host="b"), None, "cpu_load_tdp") for s in range(1, 3)])
+    rep = build_report([Source(tmp_path / n, n) for n in ("a", "b")])
+    assert rep.hosts["a"].overall.embodied_g == 1.0 and rep.hosts["b"].overall.embodied_g == 0.0
+    assert rep.overall.embodied_g == 1.0 and rep.by_day["2026-11-30"].embodied_g == 1.0
+    assert rep.overall.measured_j == 4 * 100.0  # a's cpu only: rapl; constant and cpu_load_tdp are estimates
+    assert sum(rep.overall.emissions_g.values()) == pytest.approx(6 * 125.0 * 0.01)  # embodied not in it
