@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import re
 import signal
+import subprocess
 import urllib.request
 
 import pytest
@@ -47,3 +50,17 @@ def test_records_carry_the_exact_share_and_the_counter_follows_reload_and_restar
     assert records[-1]["totals"]["embodied_g"] == pytest.approx(sum(r["embodied_g"] for r in records), rel=1e-12)
     at_scrape = next(r for r in records if r["seq"] == last_seq)
     assert counter == pytest.approx(at_scrape["totals"]["embodied_g"], rel=1e-12)
+    # The daemon's own records through report --json and --html: embodied apart, the same figure in both.
+    from tests.support.daemon import REPO, TTA_CARBON, clean_env
+
+    page = d.workdir / "report.html"
+    for args in (["--json"], ["--html", str(page)]):
+        out = subprocess.run([*TTA_CARBON, "report", "--dir", str(d.output_dir), *args], cwd=REPO, env=clean_env(),
+                             capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stderr
+        if args == ["--json"]:
+            overall = json.loads(out.stdout)["overall"]
+    assert overall["embodied_g"] == pytest.approx(sum(r["embodied_g"] for r in records), rel=1e-12)
+    assert overall["emissions_g"]["total"] == pytest.approx(sum(r["emissions_g"]["total"] for r in records), rel=1e-12)
+    shown = dict(re.findall(r'data-name="([a-z_]+)" data-total="([^"]+)"', page.read_text()))
+    assert float(shown["embodied_g"]) == overall["embodied_g"]
