@@ -206,6 +206,30 @@ def test_unit_cgroup_named_with_bytes_that_are_not_utf8(daemon_factory, tmp_path
                    stop_exit=0, report_exit=0, cpu_s=rec["units"]["bad\\xff.service"].get("cpu_s"))
 
 
+def test_day_file_truncated_in_place_gets_no_record_glued_onto_the_cut_line(daemon_factory, figures):
+    """The day's file cut short in place while running (`truncate -s -7`, mid-line): the next record used to be
+    appended to the cut line, making one unparseable line of two; now the cut line is dropped and every line
+    after it is a whole record, seq continuing."""
+    import os
+
+    d = daemon_factory(interval=1.0, settings={"energy_source": "cpu_load_tdp", "gpu": "off"}).start()
+    d.wait_for_records(3)
+    (day,) = sorted(d.output_dir.glob("emissions_*.json"))
+    cut_at = day.stat().st_size - 7
+    os.truncate(day, cut_at)
+    wait_until(lambda: day.stat().st_size > cut_at + 100, what="a record after the cut")
+    n_after = len(d.records())
+    d.wait_for_records(n_after + 2)
+    assert d.stop() == 0
+    lines = read_lines([day])
+    parsed = [json.loads(line) for line in lines]  # raises on a glued line
+    seqs = [r["seq"] for r in parsed]
+    assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)
+    missing = sorted(set(range(1, seqs[-1] + 1)) - set(seqs))
+    assert len(missing) <= 1, missing  # only the record the truncation destroyed
+    figures.update(cut_bytes=7, lines=len(lines), unparseable=0, records_lost_to_the_cut=len(missing))
+
+
 @pytest.mark.parametrize("swap", ["fifo", "symlink-devnull", "symlink-other-file"])
 def test_day_file_swapped_by_someone_with_write_access(daemon_factory, tmp_path, swap, figures):
     """The day's file replaced while running by a FIFO (blocked the daemon in write(2) for good, SIGTERM too), a symlink to /dev/null (records lost, health 200) or to another file (its last line cut): refused, health says so, records kept and written once the file is back."""
