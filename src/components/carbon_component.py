@@ -12,7 +12,6 @@ turns it into the small settings each part takes.
 
 from __future__ import annotations
 
-import json
 import time
 import uuid
 from dataclasses import dataclass, replace
@@ -22,7 +21,14 @@ from typing import TYPE_CHECKING
 from src.components.carbon import directories, ndjson_files
 from src.components.carbon.accounting import Accountant, Identity
 from src.components.carbon.directories import DirectoryInUse, OutputDirUnwritable, probe_writable
-from src.components.carbon.health import DaemonInfo, HealthSnapshot, SourceStatus, build_health, is_healthy
+from src.components.carbon.health import (
+    DaemonInfo,
+    HealthBodies,
+    HealthSnapshot,
+    SourceStatus,
+    build_health,
+    is_healthy,
+)
 from src.components.carbon.intensity import IntensityChain, build_chain
 from src.components.carbon.ledger import Ledger, LedgerLoad
 from src.components.carbon.memory import release_free_memory
@@ -180,7 +186,7 @@ class CarbonComponent:
     @property
     def health(self) -> HealthSnapshot:
         """The snapshot as of the last interval (or start, or reload)."""
-        return self._published[0]
+        return self._published.health
 
     def measure_once(self, *, final: bool = False) -> IntervalOutcome:
         """Account one interval (or, with ``final``, the tail) and hand its record to every sink."""
@@ -303,10 +309,9 @@ class CarbonComponent:
             fit=self._accountant.fit.fit() if self._accountant is not None else None,
         )
         # One attribute, replaced whole: the HTTP thread never pairs one snapshot's verdict with another's body.
-        self._published = (health, json.dumps(health.as_dict()).encode() + b"\n",
-                           json.dumps(health.public_dict()).encode() + b"\n")
+        self._published = HealthBodies(health)
         self._prometheus.update(health, record)
 
     def _health_route(self, authenticated: bool) -> tuple[bool, bytes]:
-        health, body, public_body = self._published
-        return is_healthy(health, time.time()), body if authenticated else public_body
+        published = self._published
+        return is_healthy(published.health, time.time()), published.body(authenticated)

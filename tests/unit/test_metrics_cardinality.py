@@ -241,3 +241,50 @@ def test_sink_defaults_are_the_daemons_defaults() -> None:
     assert sink.top_n == fields["attribution_top_n"].default == DEFAULT_TOP_N
     assert sink.unit_grace_records == -(-fields["metrics_unit_grace"].default // interval) == 8
     assert (grace_in_records(120.0, 7.0), grace_in_records(0.0, 15.0), grace_in_records(1.0, 3600.0)) == (18, 0, 1)
+
+
+def test_the_page_is_rendered_once_per_change_and_only_when_scraped(monkeypatch):
+    """The interval loop does not build a page nobody reads: a render happens on the first scrape
+    after a change, and concurrent scrapes share it (before, every update rendered: 40 here)."""
+    import threading
+
+    import src.components.carbon.sinks.prometheus as prometheus_sink
+
+    renders = []
+    real = prometheus_sink.generate_latest
+
+    def counting(registry):
+        renders.append(1)
+        return real(registry)
+
+    monkeypatch.setattr(prometheus_sink, "generate_latest", counting)
+    sink = PrometheusSink()
+    acct = Accountant(Totals())
+
+    def record(cpu_j: float, t: float) -> EmissionsRecord:
+        energy = IntervalEnergy({"cpu": ComponentEnergy(cpu_j, "rapl"), "ram": ComponentEnergy(1.0, "rapl")})
+        return acct.account(energy, end_wall=t, elapsed_s=5.0, intensity=INTENSITY, identity=IDENTITY)
+
+    for i in range(40):
+        sink.update(HEALTH, record(10.0, 1000.0 + 5 * i))
+    assert renders == []
+    page = sink.page()
+    assert len(renders) == 1
+    energy = {labels["component"]: v for name, labels, v in samples(page) if name == "tta_carbon_energy_joules_total"}
+    assert energy["cpu"] == pytest.approx(400.0) and energy["ram"] == pytest.approx(40.0)
+    assert sink.page() is page and len(renders) == 1  # no change, no render
+
+    sink.update(HEALTH, record(5.0, 1200.0))
+    pages: list[bytes] = []
+    threads = [threading.Thread(target=lambda: pages.append(sink.page())) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(renders) == 2 and len(set(pages)) == 1
+    energy = {labels["component"]: v for name, labels, v in samples(pages[0]) if name == "tta_carbon_energy_joules_total"}
+    assert energy["cpu"] == pytest.approx(405.0)
+
+    sink.restore(Totals(energy_j={"cpu": 1.0, "ram": 2.0}))  # a restore is a change too
+    energy = {labels["component"]: v for name, labels, v in samples(sink.page()) if name == "tta_carbon_energy_joules_total"}
+    assert energy == {"cpu": 1.0, "ram": 2.0, "gpu": 0.0} and len(renders) == 3

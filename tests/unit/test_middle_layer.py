@@ -728,3 +728,37 @@ def test_cpu_tick_reader_unreadable_is_an_oserror(tmp_path):
     with pytest.raises(OSError):
         reader.read()
     assert reader._fd is None
+
+
+def test_healthz_bodies_are_encoded_when_fetched_not_every_interval(tmp_path, monkeypatch):
+    """Each interval builds a snapshot; its two JSON bodies are encoded on the first GET /healthz
+    (before, both were encoded at start and at every interval: 14 times here, for pages nobody fetched)."""
+    import urllib.request
+
+    from src.components.carbon_component import CarbonComponent
+    from tests.support.daemon import free_port
+
+    encoded: list[str] = []
+    for name in ("as_dict", "public_dict"):
+        real = getattr(HealthSnapshot, name)
+        monkeypatch.setattr(HealthSnapshot, name,
+                            lambda self, _real=real, _name=name: encoded.append(_name) or _real(self))
+    cfg = load_config(tmp_path, energy_source="cpu_load_tdp", cpu_tdp_watts="100", intensity_g_per_kwh="400",
+                      metrics_address="127.0.0.1", metrics_port=str(free_port()), log_file="")
+    comp = CarbonComponent(cfg)
+    comp.start()
+    try:
+        for _ in range(5):
+            assert comp.measure_once().record is not None
+        assert encoded == []
+        url = f"http://127.0.0.1:{comp.metrics_port}/healthz"
+        bodies = [json.loads(urllib.request.urlopen(url, timeout=5).read()) for _ in range(3)]
+        assert encoded == ["as_dict"]  # no credentials configured: every client gets the full body, encoded once
+        assert bodies[0] == bodies[2] and bodies[0]["measurements"] == 5
+        comp.measure_once()
+        assert json.loads(urllib.request.urlopen(url, timeout=5).read())["measurements"] == 6
+        assert encoded == ["as_dict", "as_dict"]
+        public = json.loads(comp._health_route(False)[1])  # what a client without credentials gets
+        assert public["measurements"] == 6 and encoded[-1] == "public_dict"
+    finally:
+        comp.stop()

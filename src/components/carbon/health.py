@@ -7,6 +7,7 @@ and the policy (:func:`is_healthy`, :func:`stale_after_s`) lives here too, once.
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -164,3 +165,29 @@ def is_healthy(h: HealthSnapshot, now: float) -> bool:
     fresh = h.last_success_at > 0 and now - h.last_success_at < stale_after_s(h.interval_s)
     return (h.tracker_available and not h.last_write_error and h.records_pending == 0
             and (fresh or h.measurements == 0))
+
+
+class HealthBodies:
+    """One health snapshot and its two /healthz bodies, each JSON-encoded the first time it is asked for.
+
+    Built every interval, read when someone calls /healthz (rarely): encoding both bodies up front
+    was ~0.1 ms of each interval's CPU for pages nobody fetched. Encoding is pure, so two threads
+    racing on the first request at worst encode the same bytes twice.
+    """
+
+    __slots__ = ("health", "_full", "_public")
+
+    def __init__(self, health: HealthSnapshot) -> None:
+        self.health = health
+        self._full: bytes | None = None
+        self._public: bytes | None = None
+
+    def body(self, authenticated: bool) -> bytes:
+        """The full snapshot for a client with credentials, else the public subset (no error texts)."""
+        if authenticated:
+            if self._full is None:
+                self._full = json.dumps(self.health.as_dict()).encode() + b"\n"
+            return self._full
+        if self._public is None:
+            self._public = json.dumps(self.health.public_dict()).encode() + b"\n"
+        return self._public

@@ -1,4 +1,4 @@
-"""Prometheus exposition, rendered once per interval and served from a cache.
+"""Prometheus exposition, rendered at most once per interval (on the first scrape) and served from a cache.
 
 Values come from the same record and totals that were written to NDJSON, so
 /metrics and the JSON files agree exactly for the same interval.
@@ -284,7 +284,13 @@ class _SnapshotCollector(Collector):
 
 
 class PrometheusSink:
-    """Holds the latest exposition bytes; the HTTP server only ever copies them out."""
+    """Holds the latest snapshot and renders its exposition bytes once, when first asked for.
+
+    The interval loop only swaps state in (``update``); a scrape renders the page if the state
+    changed since the last render and otherwise copies the cached bytes out. With no scraper
+    (or one scraping less often than the interval) no page is built that nobody reads: the
+    render is ~0.4 ms of CPU, about a sixth of an interval's own work.
+    """
 
     def __init__(self, top_n: int = DEFAULT_TOP_N, grace_records: int = DEFAULT_GRACE_RECORDS,
                  remembered: int = REMEMBERED_UNITS) -> None:
@@ -294,7 +300,7 @@ class PrometheusSink:
         self._registry = CollectorRegistry(auto_describe=False)
         self._registry.register(self._collector)
         self._lock = threading.Lock()
-        self._page = b""
+        self._page: bytes | None = None  # None: the state changed since the last render
 
     def update(self, health: HealthSnapshot, record: EmissionsRecord | None) -> None:
         with self._lock:
@@ -308,7 +314,7 @@ class PrometheusSink:
                                                     else None)
                 self._collector.units.add(record.units)
                 self._note_gpus(record)
-            self._page = generate_latest(self._registry)
+            self._page = None
 
     @property
     def top_n(self) -> int:
@@ -321,8 +327,10 @@ class PrometheusSink:
     def set_devices(self, devices: Iterable[DeviceInfo]) -> None:
         """The source's devices: GPUs get their own power and energy series, labelled by index and name."""
         gpus = [d for d in devices if d.kind == "gpu"]
-        self._collector.gpu_keys = {d.key: str(d.index) for d in gpus}
-        self._collector.gpu_names = {str(d.index): d.name for d in gpus}
+        with self._lock:
+            self._collector.gpu_keys = {d.key: str(d.index) for d in gpus}
+            self._collector.gpu_names = {str(d.index): d.name for d in gpus}
+            self._page = None
 
     def _note_gpus(self, record: EmissionsRecord) -> None:
         c = self._collector
@@ -334,7 +342,16 @@ class PrometheusSink:
                 c.gpu_power_w[g] = joules / record.duration_s if record.duration_s > 0 else 0.0
 
     def restore(self, totals: Totals) -> None:
-        self._collector.totals = totals.copy()
+        with self._lock:
+            self._collector.totals = totals.copy()
+            self._page = None
 
     def page(self) -> bytes:
-        return self._page
+        """The exposition of the latest state (rendered now if it changed since the last call)."""
+        page = self._page
+        if page is not None:
+            return page
+        with self._lock:  # one render per change, however many scrapes arrive at once
+            if self._page is None:
+                self._page = generate_latest(self._registry)
+            return self._page
