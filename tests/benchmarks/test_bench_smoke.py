@@ -29,6 +29,7 @@ ROWS = {
     "start-up CPU": "dlp",
     "RSS after start-up": "dlp",
     "steady CPU at 15 s interval": "dlp",
+    "steady CPU with the hourly tracker recycle": "dlp",
     "steady RSS at 15 s interval": "dlp",
     "RSS growth per 30 simulated days": "dlp",
     "RSS slope over the wall-clock window": "dlp",
