@@ -35,6 +35,9 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+from src.components.carbon.sources.codecarbon_tracker import DEFAULT_RECYCLE_S  # noqa: E402  (no codecarbon import)
+
 PY = sys.executable
 CODECARBON = str(Path(PY).parent / "codecarbon")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -43,9 +46,6 @@ INTERVALS_PER_DAY_15S = 86400 // 15
 STOCK_EXPORTER = REPO / "benchmarks" / "stock_exporter.py"
 ACCELERATED_SOAK = REPO / "benchmarks" / "accelerated_soak.py"
 TRACKER_RECYCLE = REPO / "benchmarks" / "tracker_recycle.py"
-sys.path.insert(0, str(REPO))
-from src.components.carbon.sources.codecarbon_tracker import DEFAULT_RECYCLE_S  # noqa: E402
-
 RECYCLES_PER_HOUR = 3600.0 / DEFAULT_RECYCLE_S
 NODE_EXPORTER = "/usr/bin/prometheus-node-exporter"
 TRACKER_TIMEOUT_S = 120.0  # default mode: READY -> first record measured by codecarbon's tracker

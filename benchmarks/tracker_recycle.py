@@ -19,13 +19,14 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from src.components.carbon.sources.codecarbon_tracker import CodecarbonSource  # noqa: E402
 
 
-def cpu_of(fn) -> float:
+def cpu_of(fn: Callable[[], object]) -> float:
     c = time.process_time()
     fn()
     return time.process_time() - c

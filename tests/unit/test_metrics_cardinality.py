@@ -243,6 +243,10 @@ def test_sink_defaults_are_the_daemons_defaults() -> None:
     assert (grace_in_records(120.0, 7.0), grace_in_records(0.0, 15.0), grace_in_records(1.0, 3600.0)) == (18, 0, 1)
 
 
+def component_energy(page: bytes) -> dict[str, float]:
+    return {labels["component"]: v for name, labels, v in samples(page) if name == "tta_carbon_energy_joules_total"}
+
+
 def test_the_page_is_rendered_once_per_change_and_only_when_scraped(monkeypatch):
     """The interval loop does not build a page nobody reads: a render happens on the first scrape
     after a change, and concurrent scrapes share it (before, every update rendered: 40 here)."""
@@ -270,7 +274,7 @@ def test_the_page_is_rendered_once_per_change_and_only_when_scraped(monkeypatch)
     assert renders == []
     page = sink.page()
     assert len(renders) == 1
-    energy = {labels["component"]: v for name, labels, v in samples(page) if name == "tta_carbon_energy_joules_total"}
+    energy = component_energy(page)
     assert energy["cpu"] == pytest.approx(400.0) and energy["ram"] == pytest.approx(40.0)
     assert sink.page() is page and len(renders) == 1  # no change, no render
 
@@ -282,9 +286,9 @@ def test_the_page_is_rendered_once_per_change_and_only_when_scraped(monkeypatch)
     for t in threads:
         t.join()
     assert len(renders) == 2 and len(set(pages)) == 1
-    energy = {labels["component"]: v for name, labels, v in samples(pages[0]) if name == "tta_carbon_energy_joules_total"}
+    energy = component_energy(pages[0])
     assert energy["cpu"] == pytest.approx(405.0)
 
     sink.restore(Totals(energy_j={"cpu": 1.0, "ram": 2.0}))  # a restore is a change too
-    energy = {labels["component"]: v for name, labels, v in samples(sink.page()) if name == "tta_carbon_energy_joules_total"}
+    energy = component_energy(sink.page())
     assert energy == {"cpu": 1.0, "ram": 2.0, "gpu": 0.0} and len(renders) == 3
